@@ -1,0 +1,110 @@
+//! `email2fa webhook send`: sign an event as a host platform would, post it,
+//! print the answer. The integrator's first tool.
+
+use std::io::Read;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+
+use crate::settings::Settings;
+
+/// Webhook commands.
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Sign and post one event; prints the status and the answer.
+    Send {
+        /// The event type, e.g. settings.updated.
+        event_type: String,
+        /// The event's data as JSON, `@FILE`, or `-` for standard input.
+        #[arg(default_value = "{}")]
+        data: String,
+        /// The tenant to post for.
+        #[arg(long, default_value = crate::app::DEFAULT_TENANT)]
+        tenant: String,
+        /// The signing secret (whsec_…); default: the tenant's newest secret,
+        /// read from the database with the master key.
+        #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// The service's base URL; default: http:// + EMAIL2FA_LISTEN.
+        #[arg(long)]
+        url: Option<String>,
+        /// The webhook-id (default: a new ULID); reuse one to see idempotency.
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+impl WebhookCommand {
+    /// Runs the command.
+    pub async fn run(self, settings: &Settings) -> anyhow::Result<()> {
+        let Self::Send {
+            event_type,
+            data,
+            tenant,
+            secret,
+            url,
+            id,
+        } = self;
+        let data: serde_json::Value = serde_json::from_str(&read_data(&data)?)
+            .context("the data is not valid JSON")?;
+        let secret = match secret {
+            Some(secret) => secret,
+            None => {
+                let store = crate::app::open_store(settings).await?;
+                store.newest_secret(&tenant).await?.with_context(|| {
+                    format!("no valid secret for tenant {tenant:?} in {}; pass --secret", settings.database_url)
+                })?
+            }
+        };
+        let key = crate::crypto::decode_signing_secret(&secret)
+            .context("the secret is not a whsec_ secret (whsec_ + base64)")?;
+        let body = serde_json::to_vec(&serde_json::json!({
+            "type": event_type,
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "data": data,
+        }))?;
+        let id = id.unwrap_or_else(|| format!("msg_{}", ulid::Ulid::generate()));
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = crate::signature::sign(&key, &id, timestamp, &body);
+        let base = url.unwrap_or_else(|| format!("http://{}", settings.listen));
+        let endpoint = format!("{}/v1/webhooks/{tenant}", base.trim_end_matches('/'));
+        let response = reqwest::Client::new()
+            .post(&endpoint)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .with_context(|| format!("failed to post to {endpoint} (is `email2fa serve` running?)"))?;
+        let status = response.status();
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        let text = response.text().await?;
+        let pretty = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|json| serde_json::to_string_pretty(&json).ok())
+            .unwrap_or(text);
+        eprintln!(
+            "POST {endpoint} webhook-id={id} -> {status}{}",
+            if replayed { " (idempotent replay)" } else { "" }
+        );
+        println!("{pretty}");
+        if !status.is_success() {
+            bail!("the service answered {status}");
+        }
+        Ok(())
+    }
+}
+
+fn read_data(data: &str) -> anyhow::Result<String> {
+    if data == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        Ok(text)
+    } else if let Some(path) = data.strip_prefix('@') {
+        std::fs::read_to_string(path).with_context(|| format!("failed to read {path}"))
+    } else {
+        Ok(data.to_string())
+    }
+}

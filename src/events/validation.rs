@@ -1,0 +1,176 @@
+//! Turning an event's raw `data` into its typed form, with every problem
+//! reported as a `{"field", "message"}` pair (the 422 `validation_failed`
+//! answer), and the checks serde cannot express.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+/// One problem with one field of `data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// Dotted path inside `data`, e.g. `smtp.port`.
+    pub field: String,
+    /// What is wrong, in words a host engineer can act on.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Deserializes `data`; a structural problem (wrong type, missing or unknown
+/// field) becomes one [`FieldError`] with the field's dotted path.
+pub fn parse_data<T: DeserializeOwned>(data: &RawValue) -> Result<T, Vec<FieldError>> {
+    let mut deserializer = serde_json::Deserializer::from_str(data.get());
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner().to_string();
+        vec![field_error_from_serde(&path, &inner)]
+    })
+}
+
+fn field_error_from_serde(path: &str, message: &str) -> FieldError {
+    // serde names the offending field of "unknown field `x`" and "missing
+    // field `x`" in the message, at the parent's path; move it into the path.
+    let message = message.split(" at line ").next().unwrap_or(message);
+    let named = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
+    let parent = if path == "." { "" } else { path };
+    match named {
+        Some(name) => {
+            let field = if parent.is_empty() {
+                name.to_string()
+            } else {
+                format!("{parent}.{name}")
+            };
+            let what = if message.starts_with("unknown") {
+                "unknown field".to_string()
+            } else {
+                "is required".to_string()
+            };
+            let hint = message.split_once(", expected ").map(|(_, rest)| rest);
+            FieldError::new(
+                field,
+                match hint {
+                    Some(expected) if what == "unknown field" => {
+                        format!("unknown field; expected {expected}")
+                    }
+                    _ => what,
+                },
+            )
+        }
+        None => FieldError::new(if parent.is_empty() { "data" } else { parent }, message),
+    }
+}
+
+/// Collects problems found after deserializing.
+#[derive(Debug, Default)]
+pub struct Checks(Vec<FieldError>);
+
+impl Checks {
+    /// No problems yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a problem.
+    pub fn fail(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push(FieldError::new(field, message));
+    }
+
+    /// An optional integer must lie in `min..=max`.
+    pub fn range(&mut self, field: &str, value: Option<i64>, min: i64, max: i64) {
+        if let Some(value) = value
+            && !(min..=max).contains(&value)
+        {
+            self.fail(field, format!("must be between {min} and {max}"));
+        }
+    }
+
+    /// Text of `min..=max` characters without control characters (which
+    /// covers CR and LF, hence header injection).
+    pub fn text(&mut self, field: &str, value: &str, min: usize, max: usize) {
+        let length = value.chars().count();
+        if length < min || length > max {
+            self.fail(field, format!("must be {min} to {max} characters long"));
+        } else if value.chars().any(char::is_control) {
+            self.fail(field, "must not contain control characters (such as line breaks)");
+        }
+    }
+
+    /// An id chosen by the host: 1–128 characters, no control characters.
+    pub fn id(&mut self, field: &str, value: &str) {
+        self.text(field, value, 1, 128);
+    }
+
+    /// A single email address (`local@domain`), at most 254 characters.
+    pub fn email(&mut self, field: &str, value: &str) {
+        if value.len() > 254 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            self.fail(field, "must be a single email address such as jane@example.com");
+        } else if value.parse::<lettre::Address>().is_err() {
+            self.fail(field, "is not a valid email address (expected local@domain)");
+        }
+    }
+
+    /// Ok when nothing failed.
+    pub fn finish(self) -> Result<(), Vec<FieldError>> {
+        if self.0.is_empty() { Ok(()) } else { Err(self.0) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        port: u16,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        id: String,
+        smtp: Inner,
+    }
+
+    fn errors(json: &str) -> Vec<FieldError> {
+        let raw: Box<RawValue> = serde_json::from_str(json).expect("json");
+        parse_data::<Outer>(&raw).expect_err("invalid")
+    }
+
+    #[test]
+    fn structural_problems_name_the_dotted_field() {
+        assert_eq!(errors(r#"{"smtp":{"port":1}}"#)[0].field, "id");
+        assert_eq!(errors(r#"{"smtp":{"port":1}}"#)[0].message, "is required");
+        assert_eq!(errors(r#"{"id":"a","smtp":{"port":"x"}}"#)[0].field, "smtp.port");
+        let unknown = &errors(r#"{"id":"a","smtp":{"port":1,"colour":1}}"#)[0];
+        assert_eq!(unknown.field, "smtp.colour");
+        assert!(unknown.message.starts_with("unknown field"));
+        assert_eq!(errors(r#"{"id":"a","smtp":{"port":70000}}"#)[0].field, "smtp.port");
+    }
+
+    #[test]
+    fn text_checks_refuse_line_breaks_and_bad_addresses() {
+        let mut checks = Checks::new();
+        checks.text("from_name", "Shop\r\nBcc: x@evil.test", 1, 100);
+        checks.email("a", "jane@example.com");
+        checks.email("b", "jane@example.com\r\nBcc: x@evil.test");
+        checks.email("c", "not-an-address");
+        checks.range("n", Some(11), 6, 10);
+        let failed: Vec<String> = checks.finish().expect_err("invalid").into_iter().map(|e| e.field).collect();
+        assert_eq!(failed, ["from_name", "b", "c", "n"]);
+    }
+}

@@ -1,0 +1,182 @@
+//! The HTTP layer's one error type: every failure becomes an RFC 9457
+//! `application/problem+json` answer with a stable `code` (API.md section 2).
+//!
+//! 4xx details say exactly what was wrong; 5xx answers are opaque and their
+//! cause is logged once, inside the request span.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use problem_details::ProblemDetails;
+use serde::Serialize;
+
+use crate::events::FieldError;
+use crate::store::StoreError;
+
+/// Seconds a client should wait after a 503.
+const UNAVAILABLE_RETRY_AFTER: u64 = 5;
+
+/// A failed call, as the contract names it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: not JSON, or no envelope `type`/`data`.
+    #[error("{0}")]
+    MalformedPayload(String),
+    /// 400: `type` is not an event of the contract.
+    #[error("{0}")]
+    UnknownEventType(String),
+    /// 401: missing or bad signature headers, or no signature matches.
+    #[error("{0}")]
+    InvalidSignature(String),
+    /// 401: correctly signed but outside the tolerance window.
+    #[error("{0}")]
+    TimestampOutOfTolerance(String),
+    /// 404: no such tenant.
+    #[error("no tenant with this id")]
+    UnknownTenant,
+    /// 409: a reused `webhook-id` with a different body.
+    #[error("this webhook-id was already used with a different body")]
+    WebhookIdConflict,
+    /// 409: a service provider still used by secondary auth providers.
+    #[error("{0}")]
+    ProviderInUse(String),
+    /// 413: body over the limit.
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 422: fields of `data` are wrong.
+    #[error("the event's data is invalid")]
+    Validation(Vec<FieldError>),
+    /// 501: a recognised event whose handling is not built yet.
+    #[error("{0}")]
+    NotImplemented(String),
+    /// 503: the database or queue is unreachable; nothing was written.
+    #[error("the service is temporarily unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// 500: a bug; the cause is logged, never shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct Extensions<'a> {
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// Status, stable code and title.
+    pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::MalformedPayload(_) => (StatusCode::BAD_REQUEST, "malformed_payload", "Malformed payload"),
+            Self::UnknownEventType(_) => (StatusCode::BAD_REQUEST, "unknown_event_type", "Unknown event type"),
+            Self::InvalidSignature(_) => (StatusCode::UNAUTHORIZED, "invalid_signature", "Invalid signature"),
+            Self::TimestampOutOfTolerance(_) => (
+                StatusCode::UNAUTHORIZED,
+                "timestamp_out_of_tolerance",
+                "Timestamp out of tolerance",
+            ),
+            Self::UnknownTenant => (StatusCode::NOT_FOUND, "unknown_tenant", "Unknown tenant"),
+            Self::WebhookIdConflict => (StatusCode::CONFLICT, "webhook_id_conflict", "Webhook id conflict"),
+            Self::ProviderInUse(_) => (StatusCode::CONFLICT, "provider_in_use", "Provider in use"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
+            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "Validation failed"),
+            Self::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented", "Not implemented yet"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error"),
+        }
+    }
+
+    /// The stable `code`, for metrics and logs.
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => Self::Unavailable(error.into()),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title) = self.parts();
+        let detail = match &self {
+            Self::Validation(errors) if errors.len() == 1 => {
+                format!("{}: {}", errors[0].field, errors[0].message)
+            }
+            Self::Validation(errors) => format!("{} fields of data are invalid", errors.len()),
+            Self::Unavailable(_) => {
+                "the database or the queue is unreachable; nothing was written, retry later".into()
+            }
+            other => other.to_string(),
+        };
+        match &self {
+            Self::Unavailable(cause) => tracing::warn!(error = format!("{cause:#}"), "answered 503"),
+            Self::Internal(cause) => tracing::error!(error = format!("{cause:#}"), "answered 500"),
+            _ => {}
+        }
+        let retry_after = matches!(self, Self::Unavailable(_)).then_some(UNAVAILABLE_RETRY_AFTER);
+        let errors = match &self {
+            Self::Validation(errors) => Some(errors.as_slice()),
+            _ => None,
+        };
+        let problem = ProblemDetails::from_status_code(status)
+            .with_title(title)
+            .with_detail(detail)
+            .with_extensions(Extensions {
+                code,
+                errors,
+                retry_after,
+            });
+        let mut response = problem.into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(error: ApiError) -> (StatusCode, Option<HeaderValue>, serde_json::Value) {
+        let response = error.into_response();
+        let status = response.status();
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, content_type, serde_json::from_slice(&bytes).expect("json"))
+    }
+
+    #[tokio::test]
+    async fn validation_problems_list_their_fields() {
+        let (status, content_type, body) = body_of(ApiError::Validation(vec![
+            FieldError::new("code_length", "must be between 6 and 10"),
+        ]))
+        .await;
+        assert_eq!(status, 422);
+        assert_eq!(content_type.expect("type"), "application/problem+json");
+        assert_eq!(body["code"], "validation_failed");
+        assert_eq!(body["status"], 422);
+        assert_eq!(body["errors"][0]["field"], "code_length");
+        assert_eq!(body["detail"], "code_length: must be between 6 and 10");
+    }
+
+    #[tokio::test]
+    async fn server_errors_hide_their_cause() {
+        let cause = anyhow::anyhow!("password authentication failed for user secret_user");
+        let (status, _, body) = body_of(ApiError::Internal(cause)).await;
+        assert_eq!(status, 500);
+        assert!(!body.to_string().contains("secret_user"));
+    }
+}

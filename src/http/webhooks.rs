@@ -1,0 +1,209 @@
+//! `POST /v1/webhooks/{tenant_id}`: the signed webhook ingress.
+//!
+//! Order of checks, cheapest and least revealing first: body size (413),
+//! tenant (404), signature then timestamp (401), envelope (400), data (422),
+//! idempotency (replay or 409), then the event and its receipt in one
+//! transaction. A failure after the transaction began rolls it back, so
+//! nothing is half-written, and failures are never remembered: a retry with
+//! the same `webhook-id` is evaluated afresh.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::{AppState, ApiError};
+use crate::domain::{self, EventContext, EventError};
+use crate::events::{Envelope, EnvelopeError};
+use crate::signature::{self, SignatureError, SignatureHeaders};
+use crate::store::ReceiptClaim;
+
+/// `^[a-z0-9][a-z0-9-]{0,62}$`.
+pub fn is_valid_tenant_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// Receives one signed event.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{tenant_id}",
+    tag = "webhooks",
+    params(
+        ("tenant_id" = String, Path, description = "The tenant, `^[a-z0-9][a-z0-9-]{0,62}$`"),
+        ("webhook-id" = String, Header, description = "Unique id of this message (1–255 characters); the idempotency key"),
+        ("webhook-timestamp" = i64, Header, description = "Unix seconds; refused beyond the tolerance (default 300 s)"),
+        ("webhook-signature" = String, Header, description = "Space-separated `v1,<base64 HMAC-SHA256>` signatures"),
+    ),
+    request_body(content = super::openapi::WebhookEnvelope, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The event's answer (see each event). A replay carries `idempotent-replayed: true`.",
+            content_type = "application/json"),
+        (status = 400, description = "`malformed_payload` or `unknown_event_type`", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`invalid_signature` or `timestamp_out_of_tolerance`", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_tenant`", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`webhook_id_conflict` or `provider_in_use`", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`payload_too_large`", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, with `errors`", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 501, description = "`not_implemented`: an event of the contract this version does not handle yet", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`, with `Retry-After`; nothing was written", body = super::openapi::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn receive(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let span = tracing::Span::current();
+    let result = handle(&state, &tenant_id, &headers, body).await;
+    span.record("outcome", result.as_ref().map_or_else(|e| e.code(), |_| "ok"));
+    result
+}
+
+async fn handle(
+    state: &AppState,
+    tenant_id: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(body, headers, state.webhook.max_body_bytes).await?;
+    if !is_valid_tenant_id(tenant_id) {
+        return Err(ApiError::UnknownTenant);
+    }
+    tracing::Span::current().record("tenant", tenant_id);
+    let tenant = state
+        .store
+        .tenant_with_keys(tenant_id)
+        .await?
+        .ok_or(ApiError::UnknownTenant)?;
+    let signed = SignatureHeaders {
+        id: header_text(headers, "webhook-id"),
+        timestamp: header_text(headers, "webhook-timestamp"),
+        signature: header_text(headers, "webhook-signature"),
+    };
+    let now = chrono::Utc::now().timestamp();
+    let (webhook_id, _) = signature::verify(
+        signed,
+        &body,
+        &tenant.keys,
+        now,
+        state.webhook.tolerance_seconds,
+    )
+    .map_err(signature_problem)?;
+    let envelope = Envelope::parse(&body).map_err(|error| match error {
+        EnvelopeError::Malformed(message) => ApiError::MalformedPayload(message),
+        EnvelopeError::UnknownType(name) => ApiError::UnknownEventType(format!(
+            "{name:?} is not an event type of this service (see /openapi.json)"
+        )),
+    })?;
+    let event_type = envelope.event_type.as_str();
+    tracing::Span::current().record("event.type", event_type);
+    let body_sha256 = Sha256::digest(&body).to_vec();
+
+    let store = &state.store;
+    let mut tx = store.begin().await?;
+    let claim = store
+        .claim_receipt(&mut tx, tenant_id, webhook_id, &body_sha256, event_type)
+        .await?;
+    if let ReceiptClaim::Seen(receipt) = claim {
+        drop(tx.rollback().await);
+        if receipt.body_sha256 != body_sha256 {
+            return Err(ApiError::WebhookIdConflict);
+        }
+        let status = StatusCode::from_u16(receipt.status).unwrap_or(StatusCode::OK);
+        return Ok(json_response(status, receipt.answer, true));
+    }
+    let ctx = EventContext {
+        store,
+        tx: &mut tx,
+        tenant_id,
+    };
+    match domain::execute(ctx, &envelope).await {
+        Ok(answer) => {
+            store
+                .complete_receipt(&mut tx, tenant_id, webhook_id, 200, &answer)
+                .await?;
+            crate::store::commit(tx).await?;
+            Ok(json_response(StatusCode::OK, answer, false))
+        }
+        Err(error) => {
+            drop(tx.rollback().await);
+            Err(event_problem(error))
+        }
+    }
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = header_text(headers, header::CONTENT_LENGTH.as_str())
+        .and_then(|length| length.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map(|bytes| bytes.to_vec())
+        .map_err(|_| ApiError::PayloadTooLarge(limit))
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+fn signature_problem(error: SignatureError) -> ApiError {
+    tracing::info!(reason = error.reason(), "webhook signature refused");
+    match error {
+        SignatureError::OutOfTolerance { .. } => {
+            ApiError::TimestampOutOfTolerance(format!("{error}; check the sender's clock"))
+        }
+        SignatureError::BadHeader(_) | SignatureError::NoMatch => {
+            ApiError::InvalidSignature(error.to_string())
+        }
+    }
+}
+
+fn event_problem(error: EventError) -> ApiError {
+    match error {
+        EventError::Invalid(errors) => ApiError::Validation(errors),
+        EventError::ProviderInUse { .. } => ApiError::ProviderInUse(error.to_string()),
+        EventError::NotBuilt(_) => ApiError::NotImplemented(error.to_string()),
+        EventError::Store(error) => error.into(),
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>, replayed: bool) -> Response {
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response();
+    if replayed {
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids_follow_the_contract_pattern() {
+        for good in ["default", "acme-shop", "0", &"a".repeat(63)] {
+            assert!(is_valid_tenant_id(good), "{good}");
+        }
+        for bad in ["", "-acme", "Acme", "acme_shop", "acme.shop", &"a".repeat(64), "../x"] {
+            assert!(!is_valid_tenant_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The typed settings tree: defaults, then an optional TOML file
+//! (`--config FILE`), then `EMAIL2FA_*` environment variables (`__` nests:
+//! `EMAIL2FA_WEBHOOK__TOLERANCE_SECONDS=600`).
+//!
+//! Unknown keys and bad values stop start-up with a message naming the key and
+//! how to fix it. Secrets are [`SecretString`]s and never print; the database
+//! URL prints without its password.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Every setting of the service.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `EMAIL2FA_LISTEN`: address of the HTTP server.
+    pub listen: SocketAddr,
+    /// `EMAIL2FA_DATABASE_URL`: `sqlite:…` or `postgres://…`.
+    pub database_url: DatabaseUrl,
+    /// `EMAIL2FA_QUEUE_URL`: the queue; unset means the database itself.
+    pub queue_url: Option<DatabaseUrl>,
+    /// `EMAIL2FA_MASTER_KEY`: base64 of 32 bytes; generated into
+    /// `{data_dir}/master.key` in the embedded default when unset.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub master_key: Option<SecretString>,
+    /// `EMAIL2FA_OPS_TOKEN`: bearer token of `/ops`; unset turns it off.
+    #[serde(serialize_with = "serialize_redacted")]
+    pub ops_token: Option<SecretString>,
+    /// `EMAIL2FA_MAIL_TRANSPORT`: `smtp` or `file`.
+    pub mail_transport: MailTransport,
+    /// `EMAIL2FA_LOG_FORMAT`: `pretty` or `json`.
+    pub log_format: LogFormat,
+    /// `EMAIL2FA_LOG`: a tracing filter (`info`, `email2fa=debug,info`);
+    /// `RUST_LOG` wins when set.
+    pub log: String,
+    /// `EMAIL2FA_DATA_DIR`: where the embedded default keeps its master key
+    /// and the file transport its `.eml` files.
+    pub data_dir: PathBuf,
+    /// The webhook ingress.
+    pub webhook: WebhookSettings,
+    /// Database pool.
+    pub database: DatabaseSettings,
+}
+
+/// `EMAIL2FA_WEBHOOK__*`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Largest accepted distance between `webhook-timestamp` and now.
+    pub tolerance_seconds: i64,
+    /// Largest accepted body (the contract says 64 KiB).
+    pub max_body_bytes: usize,
+    /// How long a `webhook-id` and its answer are remembered (≥ 24 h).
+    pub idempotency_hours: i64,
+}
+
+/// `EMAIL2FA_DATABASE__*`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Most connections per process.
+    pub max_connections: u32,
+    /// Milliseconds to wait for a connection before answering 503.
+    pub acquire_timeout_ms: u64,
+}
+
+/// How email leaves the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    /// Each service provider's SMTP server.
+    Smtp,
+    /// `.eml` files in `{data_dir}/outbox/`, for demos and development.
+    File,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, with the span fields.
+    Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: DatabaseUrl::from("sqlite://data/email2fa.db"),
+            queue_url: None,
+            master_key: None,
+            ops_token: None,
+            mail_transport: MailTransport::Smtp,
+            log_format: LogFormat::Pretty,
+            log: "info".into(),
+            data_dir: PathBuf::from("data"),
+            webhook: WebhookSettings {
+                tolerance_seconds: 300,
+                max_body_bytes: 64 * 1024,
+                idempotency_hours: 48,
+            },
+            database: DatabaseSettings {
+                max_connections: 16,
+                acquire_timeout_ms: 3000,
+            },
+        }
+    }
+}
+
+/// A bad setting; the message says which and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A key is unknown, or a value has the wrong type.
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is out of range or inconsistent.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The environment variable (or TOML key) at fault.
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+impl Settings {
+    /// Loads defaults < `config_file` < environment, then validates.
+    ///
+    /// `EMAIL2FA_TEST_*` variables belong to the test suite and are skipped.
+    pub fn load(config_file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = config_file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(
+            Env::prefixed("EMAIL2FA_")
+                .filter(|key| !key.as_str().starts_with("test_"))
+                .split("__"),
+        );
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks ranges and combinations serde cannot express.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |key, message: &str| {
+            Err(SettingsError::Invalid {
+                key,
+                message: message.into(),
+            })
+        };
+        if !self.database_url.is_sqlite() && !self.database_url.is_postgres() {
+            return invalid(
+                "EMAIL2FA_DATABASE_URL",
+                "must start with sqlite: (e.g. sqlite://data/email2fa.db) or postgres://",
+            );
+        }
+        if let Some(queue) = &self.queue_url
+            && !queue.expose().starts_with("redis://")
+            && !queue.expose().starts_with("rediss://")
+            && queue.expose() != self.database_url.expose()
+        {
+            return invalid(
+                "EMAIL2FA_QUEUE_URL",
+                "must be redis://… or rediss://…, or unset to use the database as the queue",
+            );
+        }
+        if !(1..=3600).contains(&self.webhook.tolerance_seconds) {
+            return invalid(
+                "EMAIL2FA_WEBHOOK__TOLERANCE_SECONDS",
+                "must be between 1 and 3600 (the Standard Webhooks default is 300)",
+            );
+        }
+        if !(1024..=1024 * 1024).contains(&self.webhook.max_body_bytes) {
+            return invalid(
+                "EMAIL2FA_WEBHOOK__MAX_BODY_BYTES",
+                "must be between 1024 and 1048576 (the contract's limit is 65536)",
+            );
+        }
+        if self.webhook.idempotency_hours < 24 {
+            return invalid(
+                "EMAIL2FA_WEBHOOK__IDEMPOTENCY_HOURS",
+                "must be at least 24: the contract promises to remember webhook ids for 24 h",
+            );
+        }
+        if self.database.max_connections == 0 {
+            return invalid("EMAIL2FA_DATABASE__MAX_CONNECTIONS", "must be at least 1");
+        }
+        if self.ops_token.as_ref().is_some_and(|t| t.expose_secret().len() < 16) {
+            return invalid(
+                "EMAIL2FA_OPS_TOKEN",
+                "must be at least 16 characters (generate one with `openssl rand -hex 32`)",
+            );
+        }
+        Ok(())
+    }
+}
+
+fn serialize_redacted<S: serde::Serializer>(
+    value: &Option<SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    // Settings only serialize to seed figment's defaults, where secrets are
+    // always unset; a set secret is never written out.
+    match value {
+        None => serializer.serialize_none(),
+        Some(_) => serializer.serialize_str("[redacted]"),
+    }
+}
+
+/// A database or queue URL. `Debug` and `Display` hide its password.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl From<&str> for DatabaseUrl {
+    fn from(value: &str) -> Self {
+        Self(value.to_string())
+    }
+}
+
+impl DatabaseUrl {
+    /// The full URL, password included: only for opening connections.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `sqlite:` scheme.
+    pub fn is_sqlite(&self) -> bool {
+        self.0.starts_with("sqlite:")
+    }
+
+    /// `postgres://` or `postgresql://` scheme.
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+
+    /// `redis://` or `rediss://` scheme.
+    pub fn is_redis(&self) -> bool {
+        self.0.starts_with("redis://") || self.0.starts_with("rediss://")
+    }
+
+    /// The URL with the password of its user-info and any `password=`
+    /// parameter replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let mut out = match url.find("://") {
+            Some(scheme_end) => {
+                let rest = &url[scheme_end + 3..];
+                let authority_end = rest.find('/').unwrap_or(rest.len());
+                match rest[..authority_end].rfind('@') {
+                    Some(at) => {
+                        let userinfo = &rest[..at];
+                        let user = userinfo.split(':').next().unwrap_or_default();
+                        let masked = if userinfo.contains(':') {
+                            format!("{user}:***")
+                        } else {
+                            user.to_string()
+                        };
+                        format!("{}://{masked}{}", &url[..scheme_end], &rest[at..])
+                    }
+                    None => url.clone(),
+                }
+            }
+            None => url.clone(),
+        };
+        if let Some(start) = out.find("password=") {
+            let value_start = start + "password=".len();
+            let value_end = out[value_start..]
+                .find('&')
+                .map_or(out.len(), |i| value_start + i);
+            out.replace_range(value_start..value_end, "***");
+        }
+        out
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_print_without_their_password() {
+        let url = DatabaseUrl::from("postgres://app:s3cret@db:5432/shop?sslmode=require");
+        assert_eq!(url.to_string(), "postgres://app:***@db:5432/shop?sslmode=require");
+        let query = DatabaseUrl::from("postgres://db/shop?user=a&password=s3cret&x=1");
+        assert_eq!(query.to_string(), "postgres://db/shop?user=a&password=***&x=1");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(
+            DatabaseUrl::from("sqlite://data/e.db").to_string(),
+            "sqlite://data/e.db"
+        );
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let settings = Settings {
+            master_key: Some(SecretString::from("bWFzdGVyLWtleS1tYXN0ZXIta2V5LW1hc3Rlci1rZXk=")),
+            ops_token: Some(SecretString::from("ops-token-ops-token")),
+            ..Settings::default()
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("bWFzdGVy"));
+        assert!(!shown.contains("ops-token"));
+    }
+
+    #[test]
+    fn out_of_range_values_say_how_to_fix_them() {
+        let mut settings = Settings::default();
+        settings.webhook.idempotency_hours = 1;
+        let message = settings.validate().expect_err("refused").to_string();
+        assert!(message.contains("EMAIL2FA_WEBHOOK__IDEMPOTENCY_HOURS"));
+        assert!(message.contains("at least 24"));
+        let bad_url = Settings {
+            database_url: DatabaseUrl::from("mysql://x"),
+            ..Settings::default()
+        };
+        assert!(bad_url.validate().expect_err("refused").to_string().contains("sqlite:"));
+    }
+}

@@ -1,0 +1,121 @@
+//! The one store over PostgreSQL and SQLite: every query of the service, with
+//! the sqlx errors mapped to [`StoreError`] here and nowhere else.
+//!
+//! Queries are written once in lowercase SQL with `$n` placeholders and run
+//! on either backend through `with_db!` (pool) or `with_tx!`
+//! (transaction). One file per table family.
+
+pub mod providers;
+mod receipts;
+mod tenant_settings;
+mod tenants;
+
+pub use email2fa_workers::db::{Db, PoolConfig, Timestamp, Tx};
+pub use providers::{SecondaryAuthProviderRow, ServiceProviderRow};
+pub use receipts::{Receipt, ReceiptClaim};
+pub use tenant_settings::TenantSettings;
+pub use tenants::{TenantSecretInfo, TenantSummary, TenantWithKeys};
+
+use email2fa_workers::db::{self, PG_SCHEMA};
+use crate::crypto::{SecretBox, SecretBoxError};
+
+/// What can go wrong in the store, in domain words.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is overloaded: callers answer 503.
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// The row does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint refused the write.
+    #[error("already exists")]
+    AlreadyExists,
+    /// A foreign key refused the write or the delete.
+    #[error("still referenced")]
+    InUse,
+    /// A sealed value does not open with this master key.
+    #[error(transparent)]
+    Sealed(#[from] SecretBoxError),
+    /// Anything else (a bug, a schema mismatch).
+    #[error("database error")]
+    Other(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        if db::is_unavailable(&error) {
+            Self::Unavailable(error)
+        } else if db::is_unique_violation(&error) {
+            Self::AlreadyExists
+        } else if matches!(&error, sqlx::Error::Database(e) if e.is_foreign_key_violation()) {
+            Self::InUse
+        } else if matches!(error, sqlx::Error::RowNotFound) {
+            Self::NotFound
+        } else {
+            Self::Other(error)
+        }
+    }
+}
+
+/// Short for `Result<T, StoreError>`.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The store: a pool and the box that seals secrets at rest.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Db,
+    secret_box: SecretBox,
+}
+
+const CREATE_SCHEMA: &str = "create schema if not exists email2fa";
+const _: () = assert!(PG_SCHEMA.len() == "email2fa".len(), "CREATE_SCHEMA names PG_SCHEMA");
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl Store {
+    /// A store over an open pool.
+    pub fn new(db: Db, secret_box: SecretBox) -> Self {
+        Self { db, secret_box }
+    }
+
+    /// The pool, for the delivery engine and readiness checks.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The box that seals and opens secrets at rest.
+    pub fn secret_box(&self) -> &SecretBox {
+        &self.secret_box
+    }
+
+    /// Applies the migrations of this backend (idempotent; PostgreSQL takes
+    /// an advisory lock, so concurrent starts are safe).
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match &self.db {
+            Db::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
+            Db::Postgres(pool) => {
+                sqlx::query(CREATE_SCHEMA)
+                    .execute(pool)
+                    .await?;
+                POSTGRES_MIGRATOR.run(pool).await
+            }
+        }
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> StoreResult<Tx> {
+        Ok(self.db.begin().await?)
+    }
+
+    /// One round trip (readiness).
+    pub async fn ping(&self) -> StoreResult<()> {
+        Ok(self.db.ping().await?)
+    }
+}
+
+/// Commits a transaction, mapping the error.
+pub async fn commit(tx: Tx) -> StoreResult<()> {
+    Ok(tx.commit().await?)
+}

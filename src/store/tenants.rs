@@ -1,0 +1,192 @@
+//! Tenants and their signing secrets (sealed with the master key).
+
+use email2fa_workers::{with_db, with_tx};
+use ulid::Ulid;
+
+use super::{Store, StoreError, StoreResult, TenantSettings, Timestamp};
+use crate::crypto;
+
+/// A tenant with the keys of its currently valid signing secrets.
+#[derive(Debug, Clone)]
+pub struct TenantWithKeys {
+    /// The tenant id.
+    pub id: String,
+    /// Raw HMAC keys (decoded secrets); never logged.
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// A tenant as `tenant list` shows it: no secrets, only their validity.
+#[derive(Debug, Clone)]
+pub struct TenantSummary {
+    /// The tenant id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Its secrets, newest first.
+    pub secrets: Vec<TenantSecretInfo>,
+}
+
+/// One signing secret's metadata.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantSecretInfo {
+    /// The secret's id (not the secret).
+    pub id: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it stops being accepted; `None` until a rotation.
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TenantRow {
+    id: String,
+    name: String,
+    created_at: Timestamp,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    secret_sealed: Option<Vec<u8>>,
+}
+
+fn secret_context(tenant_id: &str) -> String {
+    format!("signing_secret:{tenant_id}")
+}
+
+impl Store {
+    /// Creates a tenant with its first signing secret and default settings.
+    #[tracing::instrument(skip_all, fields(tenant = %id))]
+    pub async fn create_tenant(&self, id: &str, name: &str, secret: &str) -> StoreResult<()> {
+        let now = Timestamp::now();
+        let mut tx = self.begin().await?;
+        with_tx!(&mut tx, conn => sqlx::query("insert into tenants (id, name, created_at) values ($1, $2, $3)")
+            .bind(id).bind(name).bind(now).execute(conn).await.map(|r| r.rows_affected()))?;
+        self.insert_secret(&mut tx, id, secret, now).await?;
+        self.insert_default_settings(&mut tx, id, now).await?;
+        super::commit(tx).await
+    }
+
+    async fn insert_secret(
+        &self,
+        tx: &mut super::Tx,
+        tenant_id: &str,
+        secret: &str,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let sealed = self.secret_box.seal(secret.as_bytes(), &secret_context(tenant_id));
+        let id = Ulid::generate().to_string();
+        with_tx!(tx, conn => sqlx::query(
+            "insert into tenant_secrets (id, tenant_id, secret_sealed, created_at, expires_at) \
+             values ($1, $2, $3, $4, null)")
+            .bind(&id).bind(tenant_id).bind(&sealed).bind(now).execute(conn).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    async fn insert_default_settings(
+        &self,
+        tx: &mut super::Tx,
+        tenant_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let mut settings = TenantSettings::defaults_for(tenant_id);
+        settings.updated_at = now;
+        self.write_settings(tx, &settings).await
+    }
+
+    /// Adds a new secret and lets the older ones expire at `overlap_until`
+    /// (an older one already expiring sooner keeps its earlier end).
+    #[tracing::instrument(skip_all, fields(tenant = %id))]
+    pub async fn rotate_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        overlap_until: Timestamp,
+    ) -> StoreResult<()> {
+        let now = Timestamp::now();
+        let mut tx = self.begin().await?;
+        let exists: Option<(String,)> = with_tx!(&mut tx, conn => sqlx::query_as("select id from tenants where id = $1")
+            .bind(id).fetch_optional(conn).await)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        with_tx!(&mut tx, conn => sqlx::query(
+            "update tenant_secrets set expires_at = $2 \
+             where tenant_id = $1 and (expires_at is null or expires_at > $2)")
+            .bind(id).bind(overlap_until).execute(conn).await.map(|r| r.rows_affected()))?;
+        self.insert_secret(&mut tx, id, secret, now).await?;
+        super::commit(tx).await
+    }
+
+    /// The tenant and its valid keys, or `None` when there is no such tenant.
+    #[tracing::instrument(skip_all, fields(tenant = %id))]
+    pub async fn tenant_with_keys(&self, id: &str) -> StoreResult<Option<TenantWithKeys>> {
+        let now = Timestamp::now();
+        let rows: Vec<KeyRow> = with_db!(&self.db, pool => sqlx::query_as(
+            "select s.secret_sealed from tenants t \
+             left join tenant_secrets s on s.tenant_id = t.id \
+                 and (s.expires_at is null or s.expires_at > $2) \
+             where t.id = $1")
+            .bind(id).bind(now).fetch_all(pool).await)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let context = secret_context(id);
+        let mut keys = Vec::with_capacity(rows.len());
+        for sealed in rows.into_iter().filter_map(|row| row.secret_sealed) {
+            let secret = self.secret_box.open(&sealed, &context)?;
+            let secret = String::from_utf8_lossy(&secret);
+            if let Some(key) = crypto::decode_signing_secret(&secret) {
+                keys.push(key);
+            }
+        }
+        Ok(Some(TenantWithKeys {
+            id: id.to_string(),
+            keys,
+        }))
+    }
+
+    /// The newest valid signing secret of a tenant (for `webhook send`).
+    pub async fn newest_secret(&self, id: &str) -> StoreResult<Option<String>> {
+        let now = Timestamp::now();
+        let row: Option<KeyRow> = with_db!(&self.db, pool => sqlx::query_as(
+            "select secret_sealed from tenant_secrets \
+             where tenant_id = $1 and (expires_at is null or expires_at > $2) \
+             order by created_at desc limit 1")
+            .bind(id).bind(now).fetch_optional(pool).await)?;
+        let Some(sealed) = row.and_then(|row| row.secret_sealed) else {
+            return Ok(None);
+        };
+        let secret = self.secret_box.open(&sealed, &secret_context(id))?;
+        Ok(Some(String::from_utf8_lossy(&secret).into_owned()))
+    }
+
+    /// Every tenant with the validity of its secrets.
+    pub async fn list_tenants(&self) -> StoreResult<Vec<TenantSummary>> {
+        let tenants: Vec<TenantRow> = with_db!(&self.db, pool => sqlx::query_as(
+            "select id, name, created_at from tenants order by id")
+            .fetch_all(pool).await)?;
+        let mut out = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            let secrets: Vec<TenantSecretInfo> = with_db!(&self.db, pool => sqlx::query_as(
+                "select id, created_at, expires_at from tenant_secrets \
+                 where tenant_id = $1 order by created_at desc, id desc")
+                .bind(&tenant.id).fetch_all(pool).await)?;
+            out.push(TenantSummary {
+                id: tenant.id,
+                name: tenant.name,
+                created_at: tenant.created_at,
+                secrets,
+            });
+        }
+        Ok(out)
+    }
+
+    /// How many tenants exist (the first start creates `default` on zero).
+    pub async fn count_tenants(&self) -> StoreResult<i64> {
+        let (count,): (i64,) = with_db!(&self.db, pool => sqlx::query_as(
+            "select count(*) from tenants").fetch_one(pool).await)?;
+        Ok(count)
+    }
+}

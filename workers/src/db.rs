@@ -1,0 +1,362 @@
+//! One database handle over SQLite (the embedded default) and PostgreSQL (the
+//! production deployment), chosen by the URL scheme.
+//!
+//! Both backends run the same lowercase SQL with `$n` placeholders; the
+//! [`with_db!`](crate::with_db) macro expands a query once per backend so that
+//! each expansion is type-checked against its own driver. Rows decode through
+//! `#[derive(sqlx::FromRow)]`, which is generic over the backend.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Decode, Encode, PgPool, Postgres, Sqlite, SqlitePool, Type};
+
+/// The PostgreSQL schema that holds every email2fa table, so that the service
+/// can live in the host's shared database without clashing with its tables.
+pub const PG_SCHEMA: &str = "email2fa";
+
+/// A connection pool on one of the two supported backends.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// The embedded default: one SQLite file in WAL mode.
+    Sqlite(SqlitePool),
+    /// The production deployment: the host's shared PostgreSQL database.
+    Postgres(PgPool),
+}
+
+/// Runs the same expression against whichever pool a [`Db`] holds.
+///
+/// `with_db!(db, pool => sqlx::query("…").execute(pool).await)` expands the
+/// body twice, once with `pool: &SqlitePool` and once with `pool: &PgPool`.
+#[macro_export]
+macro_rules! with_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// An open transaction on one of the two backends.
+///
+/// SQLite transactions start with `begin immediate`, taking the write lock at
+/// once: a deferred transaction that reads first and writes later can fail
+/// with `SQLITE_BUSY` when another writer slipped in between.
+#[derive(Debug)]
+pub enum Tx {
+    /// On SQLite.
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    /// On PostgreSQL.
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+/// Runs the same expression against the connection of a [`Tx`]:
+/// `with_tx!(tx, conn => sqlx::query("…").execute(conn).await)`.
+#[macro_export]
+macro_rules! with_tx {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Sqlite(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+            $crate::db::Tx::Postgres(tx) => {
+                let $conn = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+impl Tx {
+    /// Makes the transaction's writes durable and visible.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Sqlite(tx) => tx.commit().await,
+            Self::Postgres(tx) => tx.commit().await,
+        }
+    }
+
+    /// Drops the transaction's writes.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Sqlite(tx) => tx.rollback().await,
+            Self::Postgres(tx) => tx.rollback().await,
+        }
+    }
+}
+
+/// Pool sizing and timeouts.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Most connections the pool opens.
+    pub max_connections: u32,
+    /// How long a caller waits for a connection before the database counts as
+    /// unavailable (the ingress then answers 503 rather than hanging).
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL is neither `sqlite:` nor `postgres://`.
+    #[error("unsupported database URL scheme (expected sqlite: or postgres://)")]
+    UnsupportedScheme,
+    /// The URL does not parse.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    /// The directory of the SQLite file could not be created.
+    #[error("cannot create the directory of the SQLite database: {0}")]
+    Directory(#[source] std::io::Error),
+    /// The server refused or could not be reached.
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+}
+
+impl Db {
+    /// Opens a pool for `url` (`sqlite:…` or `postgres://…`).
+    ///
+    /// SQLite files are created when missing, in WAL mode with
+    /// `synchronous=NORMAL` (durable across process crashes, the trade-off
+    /// SQLite recommends for WAL), a 5 s busy timeout and foreign keys on.
+    /// PostgreSQL connections put the [`PG_SCHEMA`] schema first on their
+    /// search path.
+    pub async fn connect(url: &str, config: &PoolConfig) -> Result<Self, ConnectError> {
+        if url.starts_with("sqlite:") {
+            Self::connect_sqlite(url, config).await
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::connect_postgres(url, config).await
+        } else {
+            Err(ConnectError::UnsupportedScheme)
+        }
+    }
+
+    async fn connect_sqlite(url: &str, config: &PoolConfig) -> Result<Self, ConnectError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(ConnectError::InvalidUrl)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(ConnectError::Directory)?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(ConnectError::Connect)?;
+        Ok(Self::Sqlite(pool))
+    }
+
+    async fn connect_postgres(url: &str, config: &PoolConfig) -> Result<Self, ConnectError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(ConnectError::InvalidUrl)?
+            .options([("search_path", format!("{PG_SCHEMA},public"))]);
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(ConnectError::Connect)?;
+        Ok(Self::Postgres(pool))
+    }
+
+    /// Starts a transaction (`begin immediate` on SQLite).
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        match self {
+            Self::Sqlite(pool) => Ok(Tx::Sqlite(pool.begin_with("begin immediate").await?)),
+            Self::Postgres(pool) => Ok(Tx::Postgres(pool.begin().await?)),
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`, for logs and metrics.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// One round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        with_db!(self, pool => sqlx::query("select 1").execute(pool).await.map(drop))
+    }
+
+    /// Closes every connection (graceful shutdown).
+    pub async fn close(&self) {
+        with_db!(self, pool => pool.close().await)
+    }
+}
+
+/// True when an error means the database could not be reached or is
+/// overloaded (pool timeout, I/O, TLS, closed pool), as opposed to a problem
+/// with the statement itself. Callers answer the first kind with 503.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            // SQLITE_BUSY / SQLITE_LOCKED after the busy timeout, and the
+            // PostgreSQL classes for "cannot connect now" (57P*, 08*, 53*).
+            let code = db.code().unwrap_or_default();
+            matches!(code.as_ref(), "5" | "6" | "517" | "261")
+                || code.starts_with("57P")
+                || code.starts_with("08")
+                || code.starts_with("53")
+        }
+        _ => false,
+    }
+}
+
+/// True when a statement failed on a unique or primary-key constraint.
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// A point in time, stored as `timestamptz` on PostgreSQL and as fixed-width
+/// RFC 3339 text (`2026-11-28T07:15:00.123456Z`) on SQLite.
+///
+/// The fixed width matters: SQLite compares the text, so every value carries
+/// exactly six fractional digits and a `Z`, which makes text order equal time
+/// order. Values are truncated to microseconds, PostgreSQL's precision, so a
+/// value reads back equal on both backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(DateTime<Utc>);
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        Self::from(Utc::now())
+    }
+
+    /// The wrapped time.
+    pub fn as_datetime(&self) -> DateTime<Utc> {
+        self.0
+    }
+
+    /// This time plus (or minus) a number of seconds.
+    pub fn plus_seconds(&self, seconds: i64) -> Self {
+        Self(self.0 + chrono::Duration::seconds(seconds))
+    }
+
+    /// RFC 3339 with second precision and `Z`, as answers show times.
+    pub fn to_rfc3339(&self) -> String {
+        self.0.to_rfc3339_opts(SecondsFormat::Secs, true)
+    }
+
+    /// Unix seconds.
+    pub fn unix_seconds(&self) -> i64 {
+        self.0.timestamp()
+    }
+
+    fn sqlite_text(&self) -> String {
+        self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    }
+}
+
+impl From<DateTime<Utc>> for Timestamp {
+    fn from(value: DateTime<Utc>) -> Self {
+        Self(value.trunc_subsecs(6))
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl Type<Sqlite> for Timestamp {
+    fn type_info() -> <Sqlite as sqlx::Database>::TypeInfo {
+        <String as Type<Sqlite>>::type_info()
+    }
+    fn compatible(ty: &<Sqlite as sqlx::Database>::TypeInfo) -> bool {
+        <DateTime<Utc> as Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl Encode<'_, Sqlite> for Timestamp {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Sqlite as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<IsNull, BoxDynError> {
+        Encode::<Sqlite>::encode(self.sqlite_text(), buf)
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for Timestamp {
+    fn decode(value: <Sqlite as sqlx::Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(Self::from(<DateTime<Utc> as Decode<Sqlite>>::decode(value)?))
+    }
+}
+
+impl Type<Postgres> for Timestamp {
+    fn type_info() -> <Postgres as sqlx::Database>::TypeInfo {
+        <DateTime<Utc> as Type<Postgres>>::type_info()
+    }
+}
+
+impl Encode<'_, Postgres> for Timestamp {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <Postgres as sqlx::Database>::ArgumentBuffer,
+    ) -> Result<IsNull, BoxDynError> {
+        <DateTime<Utc> as Encode<Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for Timestamp {
+    fn decode(value: <Postgres as sqlx::Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(Self::from(<DateTime<Utc> as Decode<Postgres>>::decode(value)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_text_is_fixed_width_so_text_order_is_time_order() {
+        let whole = Timestamp::from(DateTime::from_timestamp(1_800_000_000, 0).expect("valid"));
+        let later = whole.plus_seconds(0);
+        let fraction = Timestamp::from(
+            DateTime::from_timestamp(1_800_000_000, 5_000_000).expect("valid"),
+        );
+        assert_eq!(whole.sqlite_text(), "2027-01-15T08:00:00.000000Z");
+        assert!(whole.sqlite_text() < fraction.sqlite_text());
+        assert_eq!(whole, later);
+    }
+
+    #[test]
+    fn times_are_truncated_to_microseconds() {
+        let t = Timestamp::from(DateTime::from_timestamp(0, 123_456_789).expect("valid"));
+        assert_eq!(t.as_datetime().timestamp_subsec_nanos(), 123_456_000);
+    }
+}

@@ -1,0 +1,9 @@
+//! The email2fa delivery engine: the email job contract, the apalis worker
+//! assembly, rendering, SMTP transports, retries with backoff and dead letters.
+//!
+//! It also owns the database plumbing that the service and the engine share
+//! ([`db`]): the pool over SQLite or PostgreSQL and the timestamp type both
+//! backends store the same way. The service depends on this crate, never the
+//! reverse.
+
+pub mod db;
