@@ -17,7 +17,6 @@ async fn main() -> std::process::ExitCode {
     match cli.run(settings).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }

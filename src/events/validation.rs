@@ -37,39 +37,30 @@ pub fn parse_data<T: DeserializeOwned>(data: &RawValue) -> Result<T, Vec<FieldEr
 }
 
 fn field_error_from_serde(path: &str, message: &str) -> FieldError {
-    // serde names the offending field of "unknown field `x`" and "missing
-    // field `x`" in the message, at the parent's path; move it into the path.
     let message = message.split(" at line ").next().unwrap_or(message);
-    let named = ["unknown field `", "missing field `"]
-        .iter()
-        .find_map(|prefix| message.strip_prefix(prefix))
-        .and_then(|rest| rest.split('`').next());
-    let parent = if path == "." { "" } else { path };
-    match named {
-        Some(name) => {
-            let field = if parent.is_empty() {
-                name.to_string()
-            } else {
-                format!("{parent}.{name}")
-            };
-            let what = if message.starts_with("unknown") {
-                "unknown field".to_string()
-            } else {
-                "is required".to_string()
-            };
-            let hint = message.split_once(", expected ").map(|(_, rest)| rest);
-            FieldError::new(
-                field,
-                match hint {
-                    Some(expected) if what == "unknown field" => {
-                        format!("unknown field; expected {expected}")
-                    }
-                    _ => what,
-                },
-            )
-        }
-        None => FieldError::new(if parent.is_empty() { "data" } else { parent }, message),
+    let path = if path == "." { "" } else { path };
+    // An unknown field's path already ends with its name; a missing field's
+    // path is its parent's, and serde names the field in the message.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let expected = rest.split_once(", expected ").map(|(_, e)| e);
+        let message = match expected {
+            Some(expected) => format!("unknown field; expected {expected}"),
+            None => "unknown field".to_string(),
+        };
+        return FieldError::new(path, message);
     }
+    if let Some(name) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        let field = if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        };
+        return FieldError::new(field, "is required");
+    }
+    FieldError::new(if path.is_empty() { "data" } else { path }, message)
 }
 
 /// Collects problems found after deserializing.

@@ -1,0 +1,292 @@
+//! The end-to-end harness: the real service on port 0 with a fresh database
+//! (an SQLite temp file, or a new PostgreSQL database when
+//! `EMAIL2FA_TEST_DATABASE_URL` is set) and typed helpers per call.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use base64::Engine;
+use email2fa::app;
+use email2fa::settings::{DatabaseUrl, Settings};
+use email2fa::store::Store;
+use reqwest::header::HeaderMap;
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// The tenant every test app starts with.
+pub const TENANT: &str = "acme";
+
+/// Runs each named scenario `async fn name(app: TestApp)` as two tests,
+/// `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::TestApp::sqlite().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) = $crate::common::TestApp::postgres().await {
+                    super::$name(app).await;
+                }
+            }
+        }
+    )*};
+}
+
+/// A running service with one tenant.
+pub struct TestApp {
+    pub base: String,
+    pub store: Store,
+    pub settings: Settings,
+    pub secret: String,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    _guard: DbGuard,
+}
+
+/// An answer.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub bytes: Vec<u8>,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or_else(|_| {
+            panic!("not JSON: {}", String::from_utf8_lossy(&self.bytes))
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem answer with this status and code.
+    pub fn assert_problem(&self, status: u16, code: &str) -> Value {
+        let body = self.json();
+        assert_eq!(self.status, status, "answer: {body}");
+        assert_eq!(body["code"], code, "answer: {body}");
+        assert_eq!(body["status"], status);
+        assert!(body["title"].is_string() && body["detail"].is_string());
+        assert_eq!(self.header("content-type"), Some("application/problem+json"));
+        body
+    }
+}
+
+enum DbGuard {
+    Sqlite(tempfile::TempDir),
+    Postgres { admin_url: String, name: String, _dir: tempfile::TempDir },
+}
+
+impl Drop for DbGuard {
+    fn drop(&mut self) {
+        if let DbGuard::Postgres { admin_url, name, .. } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop runs outside async; a small runtime on its own thread cleans up.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                if let Ok(runtime) = runtime {
+                    runtime.block_on(async {
+                        if let Ok(pool) = sqlx::PgPool::connect(&admin_url).await {
+                            let sql = format!("drop database if exists {name} with (force)");
+                            let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                        }
+                    });
+                }
+            })
+            .join();
+        }
+    }
+}
+
+/// A fresh random master key, base64.
+pub fn random_master_key() -> String {
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+}
+
+/// Settings for a test service on port 0.
+pub fn test_settings(database_url: &str, data_dir: &std::path::Path) -> Settings {
+    let mut settings = Settings::default();
+    settings.listen = "127.0.0.1:0".parse().expect("addr");
+    settings.database_url = DatabaseUrl::from(database_url);
+    settings.master_key = Some(SecretString::from(random_master_key()));
+    settings.data_dir = data_dir.to_path_buf();
+    settings.database.max_connections = 8;
+    settings.database.acquire_timeout_ms = 2000;
+    settings
+}
+
+/// A new PostgreSQL database on the test server, or `None` (with a note)
+/// when `EMAIL2FA_TEST_DATABASE_URL` is unset. Panics when it is set but the
+/// server cannot be reached: a configured backend that is down is a failure.
+pub async fn postgres_database() -> Option<(String, String, String)> {
+    let Ok(admin_url) = std::env::var("EMAIL2FA_TEST_DATABASE_URL") else {
+        eprintln!("skipped: EMAIL2FA_TEST_DATABASE_URL is not set, so this PostgreSQL test did not run");
+        return None;
+    };
+    let pool = sqlx::PgPool::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("EMAIL2FA_TEST_DATABASE_URL is set but unreachable: {e}"));
+    let name = format!("e2fa_test_{}", ulid::Ulid::generate().to_string().to_lowercase());
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(&pool)
+        .await
+        .expect("create test database");
+    pool.close().await;
+    let url = with_database_name(&admin_url, &name);
+    Some((admin_url, name, url))
+}
+
+/// The same server URL with another database name.
+pub fn with_database_name(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+impl TestApp {
+    pub async fn sqlite() -> Self {
+        Self::sqlite_with(|_| {}).await
+    }
+
+    pub async fn sqlite_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("email2fa.db").display());
+        let mut settings = test_settings(&url, dir.path());
+        adjust(&mut settings);
+        Self::start(settings, DbGuard::Sqlite(dir)).await
+    }
+
+    pub async fn postgres() -> Option<Self> {
+        Self::postgres_with(|_| {}).await
+    }
+
+    pub async fn postgres_with(adjust: impl FnOnce(&mut Settings)) -> Option<Self> {
+        let (admin_url, name, url) = postgres_database().await?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = test_settings(&url, dir.path());
+        adjust(&mut settings);
+        Some(Self::start(settings, DbGuard::Postgres { admin_url, name, _dir: dir }).await)
+    }
+
+    async fn start(settings: Settings, guard: DbGuard) -> Self {
+        let store = app::open_store(&settings).await.expect("open store");
+        let secret = email2fa::crypto::new_signing_secret();
+        store.create_tenant(TENANT, "Acme Shop", &secret).await.expect("tenant");
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = app::start(Arc::new(settings.clone()), store.clone(), async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("start");
+        Self {
+            base: format!("http://{}", server.addr),
+            store,
+            settings,
+            secret,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            _guard: guard,
+        }
+    }
+
+    /// Signs a body as the host would, with this app's tenant secret.
+    pub fn signature(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+        let key = email2fa::crypto::decode_signing_secret(&self.secret).expect("key");
+        email2fa::signature::sign(&key, id, timestamp, body)
+    }
+
+    /// An envelope body for an event.
+    pub fn envelope(event_type: &str, data: Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "type": event_type,
+            "timestamp": "2026-11-28T07:00:00Z",
+            "data": data,
+        }))
+        .expect("json")
+    }
+
+    /// Posts a correctly signed event with a fresh webhook id.
+    pub async fn post_signed(&self, event_type: &str, data: Value) -> TestResponse {
+        let id = format!("msg_{}", ulid::Ulid::generate());
+        self.post_signed_with_id(&id, event_type, data).await
+    }
+
+    /// Posts a correctly signed event with a given webhook id.
+    pub async fn post_signed_with_id(&self, id: &str, event_type: &str, data: Value) -> TestResponse {
+        self.post_body(id, &Self::envelope(event_type, data)).await
+    }
+
+    /// Posts raw bytes, correctly signed, now.
+    pub async fn post_body(&self, id: &str, body: &[u8]) -> TestResponse {
+        let now = chrono::Utc::now().timestamp();
+        let signature = self.signature(id, now, body);
+        self.post_raw(
+            TENANT,
+            &[
+                ("webhook-id", id.to_string()),
+                ("webhook-timestamp", now.to_string()),
+                ("webhook-signature", signature),
+            ],
+            body.to_vec(),
+        )
+        .await
+    }
+
+    /// Posts anything to a tenant's webhook URL.
+    pub async fn post_raw(&self, tenant: &str, headers: &[(&str, String)], body: Vec<u8>) -> TestResponse {
+        let mut request = self
+            .client
+            .post(format!("{}/v1/webhooks/{tenant}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        Self::collect(request.send().await.expect("request")).await
+    }
+
+    /// A GET.
+    pub async fn get(&self, path: &str) -> TestResponse {
+        Self::collect(self.client.get(format!("{}{path}", self.base)).send().await.expect("request")).await
+    }
+
+    async fn collect(response: reqwest::Response) -> TestResponse {
+        TestResponse {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            bytes: response.bytes().await.expect("body").to_vec(),
+        }
+    }
+
+    /// A count from the database, for asserting what was (not) written.
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        email2fa_workers::with_db!(self.store.db(), pool => {
+            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(pool).await.expect("count");
+            n
+        })
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
