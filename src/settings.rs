@@ -119,7 +119,7 @@ impl Default for Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// A key is unknown, or a value has the wrong type.
-    #[error("{0}")]
+    #[error("{}", describe_load_error(.0))]
     Load(#[from] Box<figment::Error>),
     /// A value is out of range or inconsistent.
     #[error("{key}: {message}")]
@@ -195,7 +195,11 @@ impl Settings {
         if self.database.max_connections == 0 {
             return invalid("EMAIL2FA_DATABASE__MAX_CONNECTIONS", "must be at least 1");
         }
-        if self.ops_token.as_ref().is_some_and(|t| t.expose_secret().len() < 16) {
+        if self
+            .ops_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().len() < 16)
+        {
             return invalid(
                 "EMAIL2FA_OPS_TOKEN",
                 "must be at least 16 characters (generate one with `openssl rand -hex 32`)",
@@ -203,6 +207,30 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Names each failing setting the way an operator sets it:
+/// `EMAIL2FA_LISTEN (listen): invalid socket address syntax`.
+fn describe_load_error(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|error| {
+            let mut path = error.path.clone();
+            if let figment::error::Kind::UnknownField(name, _) = &error.kind {
+                path.push(name.clone());
+            }
+            let path: Vec<String> = path.iter().map(|p| p.to_lowercase()).collect();
+            let env = format!("EMAIL2FA_{}", path.join("__").to_uppercase());
+            let source = error
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
+            format!("{env} ({}, from {source}): {}", path.join("."), error.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn serialize_redacted<S: serde::Serializer>(
@@ -303,9 +331,15 @@ mod tests {
     #[test]
     fn database_urls_print_without_their_password() {
         let url = DatabaseUrl::from("postgres://app:s3cret@db:5432/shop?sslmode=require");
-        assert_eq!(url.to_string(), "postgres://app:***@db:5432/shop?sslmode=require");
+        assert_eq!(
+            url.to_string(),
+            "postgres://app:***@db:5432/shop?sslmode=require"
+        );
         let query = DatabaseUrl::from("postgres://db/shop?user=a&password=s3cret&x=1");
-        assert_eq!(query.to_string(), "postgres://db/shop?user=a&password=***&x=1");
+        assert_eq!(
+            query.to_string(),
+            "postgres://db/shop?user=a&password=***&x=1"
+        );
         assert!(!format!("{url:?}").contains("s3cret"));
         assert_eq!(
             DatabaseUrl::from("sqlite://data/e.db").to_string(),
@@ -316,7 +350,9 @@ mod tests {
     #[test]
     fn secrets_never_appear_in_debug_output() {
         let settings = Settings {
-            master_key: Some(SecretString::from("bWFzdGVyLWtleS1tYXN0ZXIta2V5LW1hc3Rlci1rZXk=")),
+            master_key: Some(SecretString::from(
+                "bWFzdGVyLWtleS1tYXN0ZXIta2V5LW1hc3Rlci1rZXk=",
+            )),
             ops_token: Some(SecretString::from("ops-token-ops-token")),
             ..Settings::default()
         };
@@ -336,6 +372,12 @@ mod tests {
             database_url: DatabaseUrl::from("mysql://x"),
             ..Settings::default()
         };
-        assert!(bad_url.validate().expect_err("refused").to_string().contains("sqlite:"));
+        assert!(
+            bad_url
+                .validate()
+                .expect_err("refused")
+                .to_string()
+                .contains("sqlite:")
+        );
     }
 }

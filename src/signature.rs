@@ -139,10 +139,7 @@ mod tests {
         let old = b"old-key".to_vec();
         let new = b"new-key".to_vec();
         let body = br#"{"type":"x","data":{}}"#;
-        let header = format!(
-            "v1,bm9wZQ== {} v2,ignored",
-            sign(&new, "msg_1", NOW, body)
-        );
+        let header = format!("v1,bm9wZQ== {} v2,ignored", sign(&new, "msg_1", NOW, body));
         let ts = NOW.to_string();
         let result = verify(headers("msg_1", &ts, &header), body, &[old, new], NOW, 300);
         assert_eq!(result, Ok(("msg_1", NOW)));

@@ -33,7 +33,10 @@ on_both_backends!(
 
 async fn settings_updates_change_only_the_named_fields(app: TestApp) {
     let answer = app
-        .post_signed("settings.updated", json!({"admin_2fa_allowed": true, "code_length": 8}))
+        .post_signed(
+            "settings.updated",
+            json!({"admin_2fa_allowed": true, "code_length": 8}),
+        )
         .await;
     assert_eq!(answer.status, 200, "{:?}", answer.json());
     let body = answer.json();
@@ -46,8 +49,14 @@ async fn settings_updates_change_only_the_named_fields(app: TestApp) {
     assert_eq!(body["trust_device_days"], 30);
     assert_eq!(body["require_admin_2fa"], false);
 
-    let second = app.post_signed("settings.updated", json!({"require_admin_2fa": true})).await;
-    assert_eq!(second.json()["code_length"], 8, "an earlier change survives a partial update");
+    let second = app
+        .post_signed("settings.updated", json!({"require_admin_2fa": true}))
+        .await;
+    assert_eq!(
+        second.json()["code_length"],
+        8,
+        "an earlier change survives a partial update"
+    );
     assert_eq!(second.json()["require_admin_2fa"], true);
     let stored = app.store.settings(TENANT).await.expect("settings");
     assert!(stored.require_admin_2fa && stored.admin_2fa_allowed);
@@ -61,7 +70,9 @@ async fn a_replayed_webhook_id_gets_the_first_answer_byte_for_byte(app: TestApp)
     assert_eq!(first.status, 200);
     assert!(first.header("idempotent-replayed").is_none());
     // Another change in between: a replay must not execute the event again.
-    let other = app.post_signed("settings.updated", json!({"code_length": 9})).await;
+    let other = app
+        .post_signed("settings.updated", json!({"code_length": 9}))
+        .await;
     assert_eq!(other.status, 200);
 
     let replay = app
@@ -72,7 +83,10 @@ async fn a_replayed_webhook_id_gets_the_first_answer_byte_for_byte(app: TestApp)
     assert_eq!(replay.bytes, first.bytes, "the first answer, byte for byte");
     assert_eq!(replay.header("content-type"), Some("application/json"));
     let stored = app.store.settings(TENANT).await.expect("settings");
-    assert_eq!(stored.code_length, 9, "the replay did not run the event again");
+    assert_eq!(
+        stored.code_length, 9,
+        "the replay did not run the event again"
+    );
 }
 
 async fn concurrent_duplicates_run_the_event_once(app: TestApp) {
@@ -94,18 +108,32 @@ async fn concurrent_duplicates_run_the_event_once(app: TestApp) {
         .map(|r| r.expect("task"))
         .collect();
     assert!(answers.iter().all(|a| a.status == 200));
-    let fresh = answers.iter().filter(|a| a.header("idempotent-replayed").is_none()).count();
+    let fresh = answers
+        .iter()
+        .filter(|a| a.header("idempotent-replayed").is_none())
+        .count();
     assert_eq!(fresh, 1, "exactly one call executed the event");
     assert!(answers.iter().all(|a| a.bytes == answers[0].bytes));
     assert_eq!(app.count("select count(*) from webhook_receipts").await, 1);
 }
 
 async fn a_reused_webhook_id_with_another_body_is_a_conflict(app: TestApp) {
-    let first = app.post_signed_with_id("msg_1", "settings.updated", json!({"code_length": 7})).await;
+    let first = app
+        .post_signed_with_id("msg_1", "settings.updated", json!({"code_length": 7}))
+        .await;
     assert_eq!(first.status, 200);
-    let second = app.post_signed_with_id("msg_1", "settings.updated", json!({"code_length": 8})).await;
+    let second = app
+        .post_signed_with_id("msg_1", "settings.updated", json!({"code_length": 8}))
+        .await;
     second.assert_problem(409, "webhook_id_conflict");
-    assert_eq!(app.store.settings(TENANT).await.expect("settings").code_length, 7);
+    assert_eq!(
+        app.store
+            .settings(TENANT)
+            .await
+            .expect("settings")
+            .code_length,
+        7
+    );
 }
 
 async fn bodies_that_are_not_an_envelope_are_malformed(app: TestApp) {
@@ -117,7 +145,9 @@ async fn bodies_that_are_not_an_envelope_are_malformed(app: TestApp) {
         br#"{"type": "settings.updated", "data": {}, "extra": true}"#,
         br#"[1, 2]"#,
     ] {
-        let answer = app.post_body(&format!("msg_{}", ulid::Ulid::generate()), body).await;
+        let answer = app
+            .post_body(&format!("msg_{}", ulid::Ulid::generate()), body)
+            .await;
         answer.assert_problem(400, "malformed_payload");
     }
     assert_eq!(app.count("select count(*) from webhook_receipts").await, 0);
@@ -126,7 +156,12 @@ async fn bodies_that_are_not_an_envelope_are_malformed(app: TestApp) {
 async fn an_unknown_event_type_is_refused(app: TestApp) {
     let answer = app.post_signed("user.deleted", json!({})).await;
     let body = answer.assert_problem(400, "unknown_event_type");
-    assert!(body["detail"].as_str().expect("detail").contains("user.deleted"));
+    assert!(
+        body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("user.deleted")
+    );
 }
 
 async fn bad_or_missing_signatures_are_refused(app: TestApp) {
@@ -138,11 +173,30 @@ async fn bad_or_missing_signatures_are_refused(app: TestApp) {
     let foreign = email2fa::signature::sign(&other_key, "msg_sig", now(), &body);
     let cases: Vec<Vec<(&str, String)>> = vec![
         vec![],
-        vec![("webhook-id", "msg_sig".into()), ("webhook-timestamp", ts.clone())],
-        vec![("webhook-id", "msg_sig".into()), ("webhook-timestamp", ts.clone()), ("webhook-signature", foreign)],
-        vec![("webhook-id", "msg_sig".into()), ("webhook-timestamp", ts.clone()), ("webhook-signature", "v1,bm90IGEgc2lnbmF0dXJl".into())],
-        vec![("webhook-id", "msg_other".into()), ("webhook-timestamp", ts.clone()), ("webhook-signature", good.clone())],
-        vec![("webhook-id", "msg_sig".into()), ("webhook-timestamp", "soon".into()), ("webhook-signature", good.clone())],
+        vec![
+            ("webhook-id", "msg_sig".into()),
+            ("webhook-timestamp", ts.clone()),
+        ],
+        vec![
+            ("webhook-id", "msg_sig".into()),
+            ("webhook-timestamp", ts.clone()),
+            ("webhook-signature", foreign),
+        ],
+        vec![
+            ("webhook-id", "msg_sig".into()),
+            ("webhook-timestamp", ts.clone()),
+            ("webhook-signature", "v1,bm90IGEgc2lnbmF0dXJl".into()),
+        ],
+        vec![
+            ("webhook-id", "msg_other".into()),
+            ("webhook-timestamp", ts.clone()),
+            ("webhook-signature", good.clone()),
+        ],
+        vec![
+            ("webhook-id", "msg_sig".into()),
+            ("webhook-timestamp", "soon".into()),
+            ("webhook-signature", good.clone()),
+        ],
     ];
     for headers in cases {
         let answer = app.post_raw(TENANT, &headers, body.clone()).await;
@@ -152,10 +206,25 @@ async fn bad_or_missing_signatures_are_refused(app: TestApp) {
     let mut tampered = body.clone();
     tampered[10] ^= 1;
     let answer = app
-        .post_raw(TENANT, &[("webhook-id", "msg_sig".into()), ("webhook-timestamp", ts), ("webhook-signature", good)], tampered)
+        .post_raw(
+            TENANT,
+            &[
+                ("webhook-id", "msg_sig".into()),
+                ("webhook-timestamp", ts),
+                ("webhook-signature", good),
+            ],
+            tampered,
+        )
         .await;
     answer.assert_problem(401, "invalid_signature");
-    assert_eq!(app.store.settings(TENANT).await.expect("settings").code_length, 6);
+    assert_eq!(
+        app.store
+            .settings(TENANT)
+            .await
+            .expect("settings")
+            .code_length,
+        6
+    );
 }
 
 async fn stale_or_future_timestamps_are_refused(app: TestApp) {
@@ -163,7 +232,15 @@ async fn stale_or_future_timestamps_are_refused(app: TestApp) {
     for ts in [now() - 301, now() + 301] {
         let signature = app.signature("msg_time", ts, &body);
         let answer = app
-            .post_raw(TENANT, &[("webhook-id", "msg_time".into()), ("webhook-timestamp", ts.to_string()), ("webhook-signature", signature)], body.clone())
+            .post_raw(
+                TENANT,
+                &[
+                    ("webhook-id", "msg_time".into()),
+                    ("webhook-timestamp", ts.to_string()),
+                    ("webhook-signature", signature),
+                ],
+                body.clone(),
+            )
             .await;
         answer.assert_problem(401, "timestamp_out_of_tolerance");
     }
@@ -171,7 +248,15 @@ async fn stale_or_future_timestamps_are_refused(app: TestApp) {
     let ts = now() - 200;
     let signature = app.signature("msg_time", ts, &body);
     let answer = app
-        .post_raw(TENANT, &[("webhook-id", "msg_time".into()), ("webhook-timestamp", ts.to_string()), ("webhook-signature", signature)], body)
+        .post_raw(
+            TENANT,
+            &[
+                ("webhook-id", "msg_time".into()),
+                ("webhook-timestamp", ts.to_string()),
+                ("webhook-signature", signature),
+            ],
+            body,
+        )
         .await;
     assert_eq!(answer.status, 200);
 }
@@ -179,9 +264,17 @@ async fn stale_or_future_timestamps_are_refused(app: TestApp) {
 async fn unknown_tenants_are_not_found(app: TestApp) {
     let body = TestApp::envelope("settings.updated", json!({}));
     let signature = app.signature("msg_t", now(), &body);
-    let headers = [("webhook-id", "msg_t".to_string()), ("webhook-timestamp", now().to_string()), ("webhook-signature", signature)];
-    app.post_raw("globex", &headers, body.clone()).await.assert_problem(404, "unknown_tenant");
-    app.post_raw("Not_A_Tenant", &headers, body).await.assert_problem(404, "unknown_tenant");
+    let headers = [
+        ("webhook-id", "msg_t".to_string()),
+        ("webhook-timestamp", now().to_string()),
+        ("webhook-signature", signature),
+    ];
+    app.post_raw("globex", &headers, body.clone())
+        .await
+        .assert_problem(404, "unknown_tenant");
+    app.post_raw("Not_A_Tenant", &headers, body)
+        .await
+        .assert_problem(404, "unknown_tenant");
 }
 
 async fn oversized_bodies_are_refused_before_anything_else(app: TestApp) {
@@ -190,7 +283,8 @@ async fn oversized_bodies_are_refused_before_anything_else(app: TestApp) {
     let answer = app.post_body("msg_big", &body).await;
     answer.assert_problem(413, "payload_too_large");
     // Without a Content-Length (chunked), the limit holds as well.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(8192).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(8192).map(|c| Ok(c.to_vec())).collect();
     let stream = futures::stream::iter(chunks);
     let response = app
         .client
@@ -203,7 +297,14 @@ async fn oversized_bodies_are_refused_before_anything_else(app: TestApp) {
     // Exactly at the limit is accepted as far as size goes (it fails later, on data).
     let mut at_limit = TestApp::envelope("settings.updated", json!({"code_length": 7}));
     let pad = 64 * 1024 - at_limit.len();
-    at_limit.splice(1..1, format!("\"timestamp\":\"2026-11-28T07:00:00Z\",{}", " ".repeat(pad.saturating_sub(37))).into_bytes());
+    at_limit.splice(
+        1..1,
+        format!(
+            "\"timestamp\":\"2026-11-28T07:00:00Z\",{}",
+            " ".repeat(pad.saturating_sub(37))
+        )
+        .into_bytes(),
+    );
     assert!(at_limit.len() <= 64 * 1024);
     let answer = app.post_body("msg_limit", &at_limit).await;
     assert_ne!(answer.status, 413);
@@ -211,25 +312,55 @@ async fn oversized_bodies_are_refused_before_anything_else(app: TestApp) {
 
 async fn invalid_data_lists_every_field_problem(app: TestApp) {
     let answer = app
-        .post_signed("settings.updated", json!({"code_length": 5, "max_attempts": 11}))
+        .post_signed(
+            "settings.updated",
+            json!({"code_length": 5, "max_attempts": 11}),
+        )
         .await;
     let body = answer.assert_problem(422, "validation_failed");
-    let fields: Vec<&str> = body["errors"].as_array().expect("errors").iter().map(|e| e["field"].as_str().expect("field")).collect();
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["field"].as_str().expect("field"))
+        .collect();
     assert_eq!(fields, ["code_length", "max_attempts"]);
 
-    let unknown = app.post_signed("settings.updated", json!({"code_lenght": 8})).await;
+    let unknown = app
+        .post_signed("settings.updated", json!({"code_lenght": 8}))
+        .await;
     let body = unknown.assert_problem(422, "validation_failed");
     assert_eq!(body["errors"][0]["field"], "code_lenght");
 
-    let wrong_type = app.post_signed("settings.updated", json!({"code_length": "8"})).await;
-    assert_eq!(wrong_type.assert_problem(422, "validation_failed")["errors"][0]["field"], "code_length");
+    let wrong_type = app
+        .post_signed("settings.updated", json!({"code_length": "8"}))
+        .await;
+    assert_eq!(
+        wrong_type.assert_problem(422, "validation_failed")["errors"][0]["field"],
+        "code_length"
+    );
 
-    let customers = app.post_signed("settings.updated", json!({"require_customer_2fa": true})).await;
+    let customers = app
+        .post_signed("settings.updated", json!({"require_customer_2fa": true}))
+        .await;
     let body = customers.assert_problem(422, "validation_failed");
-    assert!(body["errors"][0]["message"].as_str().expect("message").contains("customers can never be required"));
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .expect("message")
+            .contains("customers can never be required")
+    );
 
-    let missing = app.post_signed("secondary_auth_provider.upserted", json!({"id": "s1", "title": "Email"})).await;
-    assert_eq!(missing.assert_problem(422, "validation_failed")["errors"][0]["field"], "service_provider_id");
+    let missing = app
+        .post_signed(
+            "secondary_auth_provider.upserted",
+            json!({"id": "s1", "title": "Email"}),
+        )
+        .await;
+    assert_eq!(
+        missing.assert_problem(422, "validation_failed")["errors"][0]["field"],
+        "service_provider_id"
+    );
 
     let injected = app
         .post_signed("service_provider.upserted", json!({"id": "p1", "title": "Mail", "kind": "smtp",
@@ -237,9 +368,22 @@ async fn invalid_data_lists_every_field_problem(app: TestApp) {
                      "from_address": "shop@example.com\r\nBcc: victim@example.org", "from_name": "Shop\nX: y"}}))
         .await;
     let body = injected.assert_problem(422, "validation_failed");
-    let fields: Vec<&str> = body["errors"].as_array().expect("errors").iter().map(|e| e["field"].as_str().expect("field")).collect();
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["field"].as_str().expect("field"))
+        .collect();
     assert_eq!(fields, ["smtp.from_address", "smtp.from_name"]);
-    assert_eq!(app.store.settings(TENANT).await.expect("settings").code_length, 6, "nothing changed");
+    assert_eq!(
+        app.store
+            .settings(TENANT)
+            .await
+            .expect("settings")
+            .code_length,
+        6,
+        "nothing changed"
+    );
     assert_eq!(app.count("select count(*) from service_providers").await, 0);
 }
 
@@ -253,7 +397,12 @@ fn provider(password: Option<&str>) -> serde_json::Value {
 }
 
 async fn smtp_passwords_are_write_only_and_sealed(app: TestApp) {
-    let answer = app.post_signed("service_provider.upserted", provider(Some("hunter2-very-secret"))).await;
+    let answer = app
+        .post_signed(
+            "service_provider.upserted",
+            provider(Some("hunter2-very-secret")),
+        )
+        .await;
     assert_eq!(answer.status, 200, "{:?}", answer.json());
     let body = answer.json();
     assert_eq!(body["smtp"]["password_set"], true);
@@ -262,21 +411,34 @@ async fn smtp_passwords_are_write_only_and_sealed(app: TestApp) {
     assert_eq!(body["smtp"]["security"], "starttls");
 
     // Absent keeps the password; null clears it.
-    let kept = app.post_signed("service_provider.upserted", provider(None)).await;
+    let kept = app
+        .post_signed("service_provider.upserted", provider(None))
+        .await;
     assert_eq!(kept.json()["smtp"]["password_set"], true);
     let mut cleared = provider(None);
     cleared["smtp"]["password"] = serde_json::Value::Null;
-    assert_eq!(app.post_signed("service_provider.upserted", provider(Some("again-secret"))).await.status, 200);
+    assert_eq!(
+        app.post_signed("service_provider.upserted", provider(Some("again-secret")))
+            .await
+            .status,
+        200
+    );
     let sealed: Vec<u8> = email2fa_workers::with_db!(app.store.db(), pool => {
         let (v,): (Vec<u8>,) = sqlx::query_as("select smtp_password_sealed from service_providers")
             .fetch_one(pool).await.expect("row");
         v
     });
-    assert!(!sealed.windows(12).any(|w| w == b"again-secret"), "the column holds no plaintext");
+    assert!(
+        !sealed.windows(12).any(|w| w == b"again-secret"),
+        "the column holds no plaintext"
+    );
     let opened = app
         .store
         .secret_box()
-        .open(&sealed, &email2fa::store::providers::password_context(TENANT, "p1"))
+        .open(
+            &sealed,
+            &email2fa::store::providers::password_context(TENANT, "p1"),
+        )
         .expect("opens with the master key");
     assert_eq!(opened, b"again-secret");
     let answer = app.post_signed("service_provider.upserted", cleared).await;
@@ -284,66 +446,136 @@ async fn smtp_passwords_are_write_only_and_sealed(app: TestApp) {
 }
 
 async fn a_provider_in_use_cannot_be_deleted(app: TestApp) {
-    assert_eq!(app.post_signed("service_provider.upserted", provider(None)).await.status, 200);
+    assert_eq!(
+        app.post_signed("service_provider.upserted", provider(None))
+            .await
+            .status,
+        200
+    );
     let unknown = app
-        .post_signed("secondary_auth_provider.upserted", json!({"id": "s1", "title": "Email codes", "service_provider_id": "nope"}))
+        .post_signed(
+            "secondary_auth_provider.upserted",
+            json!({"id": "s1", "title": "Email codes", "service_provider_id": "nope"}),
+        )
         .await;
-    assert_eq!(unknown.assert_problem(422, "validation_failed")["errors"][0]["field"], "service_provider_id");
+    assert_eq!(
+        unknown.assert_problem(422, "validation_failed")["errors"][0]["field"],
+        "service_provider_id"
+    );
     let sap = app
-        .post_signed("secondary_auth_provider.upserted", json!({"id": "s1", "title": "Email codes", "service_provider_id": "p1"}))
+        .post_signed(
+            "secondary_auth_provider.upserted",
+            json!({"id": "s1", "title": "Email codes", "service_provider_id": "p1"}),
+        )
         .await;
     assert_eq!(sap.status, 200);
     assert_eq!(sap.json()["service_provider_id"], "p1");
 
-    let refused = app.post_signed("service_provider.deleted", json!({"id": "p1"})).await;
+    let refused = app
+        .post_signed("service_provider.deleted", json!({"id": "p1"}))
+        .await;
     let body = refused.assert_problem(409, "provider_in_use");
     assert!(body["detail"].as_str().expect("detail").contains("s1"));
     assert_eq!(app.count("select count(*) from service_providers").await, 1);
 
-    let gone = app.post_signed("secondary_auth_provider.deleted", json!({"id": "s1"})).await;
+    let gone = app
+        .post_signed("secondary_auth_provider.deleted", json!({"id": "s1"}))
+        .await;
     assert_eq!(gone.json(), json!({"id": "s1", "deleted": true}));
-    let deleted = app.post_signed("service_provider.deleted", json!({"id": "p1"})).await;
+    let deleted = app
+        .post_signed("service_provider.deleted", json!({"id": "p1"}))
+        .await;
     assert_eq!(deleted.json(), json!({"id": "p1", "deleted": true}));
-    let again = app.post_signed("service_provider.deleted", json!({"id": "p1"})).await;
-    assert_eq!(again.json(), json!({"id": "p1", "deleted": false}), "deletes are idempotent");
+    let again = app
+        .post_signed("service_provider.deleted", json!({"id": "p1"}))
+        .await;
+    assert_eq!(
+        again.json(),
+        json!({"id": "p1", "deleted": false}),
+        "deletes are idempotent"
+    );
 }
 
 async fn events_of_later_issues_are_recognised_and_refused_clearly(app: TestApp) {
-    let answer = app.post_signed("login.started", json!({"user": {"id": "u1", "role": "customer"}})).await;
+    let answer = app
+        .post_signed(
+            "login.started",
+            json!({"user": {"id": "u1", "role": "customer"}}),
+        )
+        .await;
     let body = answer.assert_problem(501, "not_implemented");
-    assert!(body["detail"].as_str().expect("detail").contains("login.started"));
-    assert_eq!(app.count("select count(*) from webhook_receipts").await, 0, "failures are not remembered");
+    assert!(
+        body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("login.started")
+    );
+    assert_eq!(
+        app.count("select count(*) from webhook_receipts").await,
+        0,
+        "failures are not remembered"
+    );
 }
 
 async fn a_rotated_secret_keeps_the_old_one_valid_for_the_overlap(mut app: TestApp) {
     let old = app.secret.clone();
     let new = email2fa::crypto::new_signing_secret();
     let until = email2fa::store::Timestamp::now().plus_seconds(3600);
-    app.store.rotate_secret(TENANT, &new, until).await.expect("rotate");
-    assert_eq!(app.post_signed("settings.updated", json!({})).await.status, 200, "old secret still valid");
+    app.store
+        .rotate_secret(TENANT, &new, until)
+        .await
+        .expect("rotate");
+    assert_eq!(
+        app.post_signed("settings.updated", json!({})).await.status,
+        200,
+        "old secret still valid"
+    );
     app.secret = new.clone();
-    assert_eq!(app.post_signed("settings.updated", json!({})).await.status, 200, "new secret valid");
+    assert_eq!(
+        app.post_signed("settings.updated", json!({})).await.status,
+        200,
+        "new secret valid"
+    );
     // Rotate again with no overlap: the first two secrets end now.
     let newest = email2fa::crypto::new_signing_secret();
     let now = email2fa::store::Timestamp::now();
-    app.store.rotate_secret(TENANT, &newest, now).await.expect("rotate");
+    app.store
+        .rotate_secret(TENANT, &newest, now)
+        .await
+        .expect("rotate");
     app.secret = old;
-    app.post_signed("settings.updated", json!({})).await.assert_problem(401, "invalid_signature");
+    app.post_signed("settings.updated", json!({}))
+        .await
+        .assert_problem(401, "invalid_signature");
     app.secret = newest;
-    assert_eq!(app.post_signed("settings.updated", json!({})).await.status, 200);
+    assert_eq!(
+        app.post_signed("settings.updated", json!({})).await.status,
+        200
+    );
 }
 
 async fn an_unreachable_database_answers_503_and_writes_nothing(app: TestApp) {
     // A second store on the same database, to look after the first is gone.
-    let observer = email2fa::app::open_store(&app.settings).await.expect("observer");
+    let observer = email2fa::app::open_store(&app.settings)
+        .await
+        .expect("observer");
     app.store.db().close().await;
-    let answer = app.post_signed("settings.updated", json!({"code_length": 9})).await;
+    let answer = app
+        .post_signed("settings.updated", json!({"code_length": 9}))
+        .await;
     let body = answer.assert_problem(503, "unavailable");
     assert_eq!(answer.header("retry-after"), Some("5"));
     assert_eq!(body["retry_after"], 5);
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status, 503);
-    assert_eq!(observer.settings(TENANT).await.expect("settings").code_length, 6);
+    assert_eq!(
+        observer
+            .settings(TENANT)
+            .await
+            .expect("settings")
+            .code_length,
+        6
+    );
     let receipts: i64 = email2fa_workers::with_db!(observer.db(), pool => {
         let (n,): (i64,) = sqlx::query_as("select count(*) from webhook_receipts").fetch_one(pool).await.expect("count");
         n
@@ -362,5 +594,9 @@ async fn health_readiness_and_the_openapi_document_are_served(app: TestApp) {
     assert!(doc["components"]["schemas"]["Problem"].is_object());
     assert!(doc["components"]["schemas"]["TenantSettings"].is_object());
     let request_id = app.get("/healthz").await;
-    assert_eq!(request_id.header("x-request-id").map(str::len), Some(26), "a ULID request id");
+    assert_eq!(
+        request_id.header("x-request-id").map(str::len),
+        Some(26),
+        "a ULID request id"
+    );
 }

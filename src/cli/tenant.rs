@@ -40,7 +40,9 @@ impl TenantCommand {
         match self {
             Self::Create { id, name } => {
                 if !is_valid_tenant_id(&id) {
-                    bail!("invalid tenant id {id:?}: use lowercase letters, digits and dashes, starting with a letter or digit, at most 63 characters");
+                    bail!(
+                        "invalid tenant id {id:?}: use lowercase letters, digits and dashes, starting with a letter or digit, at most 63 characters"
+                    );
                 }
                 let secret = crypto::new_signing_secret();
                 let name = name.unwrap_or_else(|| id.clone());

@@ -45,14 +45,17 @@ impl WebhookCommand {
             url,
             id,
         } = self;
-        let data: serde_json::Value = serde_json::from_str(&read_data(&data)?)
-            .context("the data is not valid JSON")?;
+        let data: serde_json::Value =
+            serde_json::from_str(&read_data(&data)?).context("the data is not valid JSON")?;
         let secret = match secret {
             Some(secret) => secret,
             None => {
                 let store = crate::app::open_store(settings).await?;
                 store.newest_secret(&tenant).await?.with_context(|| {
-                    format!("no valid secret for tenant {tenant:?} in {}; pass --secret", settings.database_url)
+                    format!(
+                        "no valid secret for tenant {tenant:?} in {}; pass --secret",
+                        settings.database_url
+                    )
                 })?
             }
         };
@@ -77,7 +80,9 @@ impl WebhookCommand {
             .body(body)
             .send()
             .await
-            .with_context(|| format!("failed to post to {endpoint} (is `email2fa serve` running?)"))?;
+            .with_context(|| {
+                format!("failed to post to {endpoint} (is `email2fa serve` running?)")
+            })?;
         let status = response.status();
         let replayed = response.headers().contains_key("idempotent-replayed");
         let text = response.text().await?;

@@ -94,7 +94,9 @@ mod tests {
         let sealed = secret_box.seal(b"hunter2", "smtp_password:acme:p1");
         assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
         assert_eq!(
-            secret_box.open(&sealed, "smtp_password:acme:p1").expect("opens"),
+            secret_box
+                .open(&sealed, "smtp_password:acme:p1")
+                .expect("opens"),
             b"hunter2"
         );
         assert!(secret_box.open(&sealed, "smtp_password:other:p1").is_err());

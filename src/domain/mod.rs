@@ -22,7 +22,9 @@ pub enum EventError {
     #[error("invalid data")]
     Invalid(Vec<FieldError>),
     /// A service provider still sends for secondary auth providers (409).
-    #[error("service provider {id:?} is used by secondary auth provider(s) {used_by:?}; delete or move them first")]
+    #[error(
+        "service provider {id:?} is used by secondary auth provider(s) {used_by:?}; delete or move them first"
+    )]
     ProviderInUse {
         /// The provider.
         id: String,
@@ -54,7 +56,10 @@ pub struct EventContext<'a> {
 }
 
 /// Runs one event and returns its JSON answer (status 200).
-pub async fn execute(ctx: EventContext<'_>, envelope: &Envelope<'_>) -> Result<Vec<u8>, EventError> {
+pub async fn execute(
+    ctx: EventContext<'_>,
+    envelope: &Envelope<'_>,
+) -> Result<Vec<u8>, EventError> {
     let data = envelope.data;
     match envelope.event_type {
         EventType::SettingsUpdated => answer(settings::updated(ctx, parse(data)?).await?),

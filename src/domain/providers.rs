@@ -7,8 +7,7 @@ use crate::events::{
     FieldError, ProviderDeleted, SecondaryAuthProviderUpserted, ServiceProviderUpserted,
 };
 use crate::store::{
-    SecondaryAuthProviderRow, ServiceProviderRow, StoreError, Timestamp,
-    providers::PasswordChange,
+    SecondaryAuthProviderRow, ServiceProviderRow, StoreError, Timestamp, providers::PasswordChange,
 };
 
 /// A service provider as answers show it: the password only as `password_set`.

@@ -94,7 +94,10 @@ impl ServiceProviderUpserted {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
         if !host_ok {
-            checks.fail("smtp.host", "must be a host name or IP address, e.g. smtp.example.com");
+            checks.fail(
+                "smtp.host",
+                "must be a host name or IP address, e.g. smtp.example.com",
+            );
         }
         if smtp.port == 0 {
             checks.fail("smtp.port", "must be between 1 and 65535");
@@ -197,8 +200,12 @@ mod tests {
                 .replace("smtp.example.com", "smtp example")
                 .replace(r#""Shop""#, r#""Shop\r\nBcc: a@b.c""#),
         );
-        let fields: Vec<String> =
-            bad.validate().expect_err("invalid").into_iter().map(|e| e.field).collect();
+        let fields: Vec<String> = bad
+            .validate()
+            .expect_err("invalid")
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(fields, ["smtp.host", "smtp.from_name"]);
     }
 }

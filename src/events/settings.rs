@@ -43,7 +43,12 @@ impl SettingsUpdated {
         checks.range("code_length", self.code_length, 6, 10);
         checks.range("code_ttl_seconds", self.code_ttl_seconds, 60, 3600);
         checks.range("max_attempts", self.max_attempts, 1, 10);
-        checks.range("resend_cooldown_seconds", self.resend_cooldown_seconds, 0, 600);
+        checks.range(
+            "resend_cooldown_seconds",
+            self.resend_cooldown_seconds,
+            0,
+            600,
+        );
         checks.range("trust_device_days", self.trust_device_days, 0, 365);
         checks.finish()
     }
@@ -105,6 +110,9 @@ mod tests {
             .into_iter()
             .map(|e| e.field)
             .collect();
-        assert_eq!(fields, ["require_customer_2fa", "code_length", "trust_device_days"]);
+        assert_eq!(
+            fields,
+            ["require_customer_2fa", "code_length", "trust_device_days"]
+        );
     }
 }

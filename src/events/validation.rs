@@ -94,7 +94,10 @@ impl Checks {
         if length < min || length > max {
             self.fail(field, format!("must be {min} to {max} characters long"));
         } else if value.chars().any(char::is_control) {
-            self.fail(field, "must not contain control characters (such as line breaks)");
+            self.fail(
+                field,
+                "must not contain control characters (such as line breaks)",
+            );
         }
     }
 
@@ -106,15 +109,25 @@ impl Checks {
     /// A single email address (`local@domain`), at most 254 characters.
     pub fn email(&mut self, field: &str, value: &str) {
         if value.len() > 254 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            self.fail(field, "must be a single email address such as jane@example.com");
+            self.fail(
+                field,
+                "must be a single email address such as jane@example.com",
+            );
         } else if value.parse::<lettre::Address>().is_err() {
-            self.fail(field, "is not a valid email address (expected local@domain)");
+            self.fail(
+                field,
+                "is not a valid email address (expected local@domain)",
+            );
         }
     }
 
     /// Ok when nothing failed.
     pub fn finish(self) -> Result<(), Vec<FieldError>> {
-        if self.0.is_empty() { Ok(()) } else { Err(self.0) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
     }
 }
 
@@ -146,11 +159,17 @@ mod tests {
     fn structural_problems_name_the_dotted_field() {
         assert_eq!(errors(r#"{"smtp":{"port":1}}"#)[0].field, "id");
         assert_eq!(errors(r#"{"smtp":{"port":1}}"#)[0].message, "is required");
-        assert_eq!(errors(r#"{"id":"a","smtp":{"port":"x"}}"#)[0].field, "smtp.port");
+        assert_eq!(
+            errors(r#"{"id":"a","smtp":{"port":"x"}}"#)[0].field,
+            "smtp.port"
+        );
         let unknown = &errors(r#"{"id":"a","smtp":{"port":1,"colour":1}}"#)[0];
         assert_eq!(unknown.field, "smtp.colour");
         assert!(unknown.message.starts_with("unknown field"));
-        assert_eq!(errors(r#"{"id":"a","smtp":{"port":70000}}"#)[0].field, "smtp.port");
+        assert_eq!(
+            errors(r#"{"id":"a","smtp":{"port":70000}}"#)[0].field,
+            "smtp.port"
+        );
     }
 
     #[test]
@@ -161,7 +180,12 @@ mod tests {
         checks.email("b", "jane@example.com\r\nBcc: x@evil.test");
         checks.email("c", "not-an-address");
         checks.range("n", Some(11), 6, 10);
-        let failed: Vec<String> = checks.finish().expect_err("invalid").into_iter().map(|e| e.field).collect();
+        let failed: Vec<String> = checks
+            .finish()
+            .expect_err("invalid")
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(failed, ["from_name", "b", "c", "n"]);
     }
 }

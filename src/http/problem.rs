@@ -69,22 +69,58 @@ impl ApiError {
     /// Status, stable code and title.
     pub fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Self::MalformedPayload(_) => (StatusCode::BAD_REQUEST, "malformed_payload", "Malformed payload"),
-            Self::UnknownEventType(_) => (StatusCode::BAD_REQUEST, "unknown_event_type", "Unknown event type"),
-            Self::InvalidSignature(_) => (StatusCode::UNAUTHORIZED, "invalid_signature", "Invalid signature"),
+            Self::MalformedPayload(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed_payload",
+                "Malformed payload",
+            ),
+            Self::UnknownEventType(_) => (
+                StatusCode::BAD_REQUEST,
+                "unknown_event_type",
+                "Unknown event type",
+            ),
+            Self::InvalidSignature(_) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_signature",
+                "Invalid signature",
+            ),
             Self::TimestampOutOfTolerance(_) => (
                 StatusCode::UNAUTHORIZED,
                 "timestamp_out_of_tolerance",
                 "Timestamp out of tolerance",
             ),
             Self::UnknownTenant => (StatusCode::NOT_FOUND, "unknown_tenant", "Unknown tenant"),
-            Self::WebhookIdConflict => (StatusCode::CONFLICT, "webhook_id_conflict", "Webhook id conflict"),
+            Self::WebhookIdConflict => (
+                StatusCode::CONFLICT,
+                "webhook_id_conflict",
+                "Webhook id conflict",
+            ),
             Self::ProviderInUse(_) => (StatusCode::CONFLICT, "provider_in_use", "Provider in use"),
-            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
-            Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "Validation failed"),
-            Self::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented", "Not implemented yet"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error"),
+            Self::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+            ),
+            Self::Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                "Validation failed",
+            ),
+            Self::NotImplemented(_) => (
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                "Not implemented yet",
+            ),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Internal error",
+            ),
         }
     }
 
@@ -117,7 +153,9 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         match &self {
-            Self::Unavailable(cause) => tracing::warn!(error = format!("{cause:#}"), "answered 503"),
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = format!("{cause:#}"), "answered 503")
+            }
             Self::Internal(cause) => tracing::error!(error = format!("{cause:#}"), "answered 500"),
             _ => {}
         }
@@ -155,14 +193,19 @@ mod tests {
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
             .await
             .expect("body");
-        (status, content_type, serde_json::from_slice(&bytes).expect("json"))
+        (
+            status,
+            content_type,
+            serde_json::from_slice(&bytes).expect("json"),
+        )
     }
 
     #[tokio::test]
     async fn validation_problems_list_their_fields() {
-        let (status, content_type, body) = body_of(ApiError::Validation(vec![
-            FieldError::new("code_length", "must be between 6 and 10"),
-        ]))
+        let (status, content_type, body) = body_of(ApiError::Validation(vec![FieldError::new(
+            "code_length",
+            "must be between 6 and 10",
+        )]))
         .await;
         assert_eq!(status, 422);
         assert_eq!(content_type.expect("type"), "application/problem+json");

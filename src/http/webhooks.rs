@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use super::{AppState, ApiError};
+use super::{ApiError, AppState};
 use crate::domain::{self, EventContext, EventError};
 use crate::events::{Envelope, EnvelopeError};
 use crate::signature::{self, SignatureError, SignatureHeaders};
@@ -63,7 +63,10 @@ pub async fn receive(
 ) -> Result<Response, ApiError> {
     let span = tracing::Span::current();
     let result = handle(&state, &tenant_id, &headers, body).await;
-    span.record("outcome", result.as_ref().map_or_else(|e| e.code(), |_| "ok"));
+    span.record(
+        "outcome",
+        result.as_ref().map_or_else(|e| e.code(), |_| "ok"),
+    );
     result
 }
 
@@ -180,15 +183,17 @@ fn event_problem(error: EventError) -> ApiError {
 fn json_response(status: StatusCode, body: Vec<u8>, replayed: bool) -> Response {
     let mut response = (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response();
     if replayed {
-        response.headers_mut().insert(
-            "idempotent-replayed",
-            HeaderValue::from_static("true"),
-        );
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
 }
@@ -202,7 +207,15 @@ mod tests {
         for good in ["default", "acme-shop", "0", &"a".repeat(63)] {
             assert!(is_valid_tenant_id(good), "{good}");
         }
-        for bad in ["", "-acme", "Acme", "acme_shop", "acme.shop", &"a".repeat(64), "../x"] {
+        for bad in [
+            "",
+            "-acme",
+            "Acme",
+            "acme_shop",
+            "acme.shop",
+            &"a".repeat(64),
+            "../x",
+        ] {
             assert!(!is_valid_tenant_id(bad), "{bad}");
         }
     }

@@ -16,8 +16,8 @@ pub use receipts::{Receipt, ReceiptClaim};
 pub use tenant_settings::TenantSettings;
 pub use tenants::{TenantSecretInfo, TenantSummary, TenantWithKeys};
 
-use email2fa_workers::db::{self, PG_SCHEMA};
 use crate::crypto::{SecretBox, SecretBoxError};
+use email2fa_workers::db::{self, PG_SCHEMA};
 
 /// What can go wrong in the store, in domain words.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,10 @@ pub struct Store {
 }
 
 const CREATE_SCHEMA: &str = "create schema if not exists email2fa";
-const _: () = assert!(PG_SCHEMA.len() == "email2fa".len(), "CREATE_SCHEMA names PG_SCHEMA");
+const _: () = assert!(
+    PG_SCHEMA.len() == "email2fa".len(),
+    "CREATE_SCHEMA names PG_SCHEMA"
+);
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -96,9 +99,7 @@ impl Store {
         match &self.db {
             Db::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
             Db::Postgres(pool) => {
-                sqlx::query(CREATE_SCHEMA)
-                    .execute(pool)
-                    .await?;
+                sqlx::query(CREATE_SCHEMA).execute(pool).await?;
                 POSTGRES_MIGRATOR.run(pool).await
             }
         }

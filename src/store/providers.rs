@@ -96,9 +96,13 @@ impl Store {
         password: &PasswordChange,
     ) -> StoreResult<ServiceProviderRow> {
         use secrecy::ExposeSecret;
-        let existing = self.service_provider_in(tx, &row.tenant_id, &row.id).await?;
+        let existing = self
+            .service_provider_in(tx, &row.tenant_id, &row.id)
+            .await?;
         let sealed = match password {
-            PasswordChange::Keep => existing.as_ref().and_then(|e| e.smtp_password_sealed.clone()),
+            PasswordChange::Keep => existing
+                .as_ref()
+                .and_then(|e| e.smtp_password_sealed.clone()),
             PasswordChange::Clear => None,
             PasswordChange::Set(secret) => Some(self.secret_box.seal(
                 secret.expose_secret().as_bytes(),

@@ -75,7 +75,9 @@ impl Store {
         secret: &str,
         now: Timestamp,
     ) -> StoreResult<()> {
-        let sealed = self.secret_box.seal(secret.as_bytes(), &secret_context(tenant_id));
+        let sealed = self
+            .secret_box
+            .seal(secret.as_bytes(), &secret_context(tenant_id));
         let id = Ulid::generate().to_string();
         with_tx!(tx, conn => sqlx::query(
             "insert into tenant_secrets (id, tenant_id, secret_sealed, created_at, expires_at) \

@@ -3,6 +3,8 @@
 //! `EMAIL2FA_TEST_DATABASE_URL` is set) and typed helpers per call.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::Arc;
 
 use base64::Engine;
@@ -58,9 +60,8 @@ pub struct TestResponse {
 
 impl TestResponse {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.bytes).unwrap_or_else(|_| {
-            panic!("not JSON: {}", String::from_utf8_lossy(&self.bytes))
-        })
+        serde_json::from_slice(&self.bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.bytes)))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -74,23 +75,35 @@ impl TestResponse {
         assert_eq!(body["code"], code, "answer: {body}");
         assert_eq!(body["status"], status);
         assert!(body["title"].is_string() && body["detail"].is_string());
-        assert_eq!(self.header("content-type"), Some("application/problem+json"));
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
         body
     }
 }
 
 enum DbGuard {
     Sqlite(tempfile::TempDir),
-    Postgres { admin_url: String, name: String, _dir: tempfile::TempDir },
+    Postgres {
+        admin_url: String,
+        name: String,
+        _dir: tempfile::TempDir,
+    },
 }
 
 impl Drop for DbGuard {
     fn drop(&mut self) {
-        if let DbGuard::Postgres { admin_url, name, .. } = self {
+        if let DbGuard::Postgres {
+            admin_url, name, ..
+        } = self
+        {
             let (admin_url, name) = (admin_url.clone(), name.clone());
             // Drop runs outside async; a small runtime on its own thread cleans up.
             let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
                 if let Ok(runtime) = runtime {
                     runtime.block_on(async {
                         if let Ok(pool) = sqlx::PgPool::connect(&admin_url).await {
@@ -112,11 +125,13 @@ pub fn random_master_key() -> String {
 
 /// Settings for a test service on port 0.
 pub fn test_settings(database_url: &str, data_dir: &std::path::Path) -> Settings {
-    let mut settings = Settings::default();
-    settings.listen = "127.0.0.1:0".parse().expect("addr");
-    settings.database_url = DatabaseUrl::from(database_url);
-    settings.master_key = Some(SecretString::from(random_master_key()));
-    settings.data_dir = data_dir.to_path_buf();
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        database_url: DatabaseUrl::from(database_url),
+        master_key: Some(SecretString::from(random_master_key())),
+        data_dir: data_dir.to_path_buf(),
+        ..Settings::default()
+    };
     settings.database.max_connections = 8;
     settings.database.acquire_timeout_ms = 2000;
     settings
@@ -127,13 +142,18 @@ pub fn test_settings(database_url: &str, data_dir: &std::path::Path) -> Settings
 /// server cannot be reached: a configured backend that is down is a failure.
 pub async fn postgres_database() -> Option<(String, String, String)> {
     let Ok(admin_url) = std::env::var("EMAIL2FA_TEST_DATABASE_URL") else {
-        eprintln!("skipped: EMAIL2FA_TEST_DATABASE_URL is not set, so this PostgreSQL test did not run");
+        eprintln!(
+            "skipped: EMAIL2FA_TEST_DATABASE_URL is not set, so this PostgreSQL test did not run"
+        );
         return None;
     };
     let pool = sqlx::PgPool::connect(&admin_url)
         .await
         .unwrap_or_else(|e| panic!("EMAIL2FA_TEST_DATABASE_URL is set but unreachable: {e}"));
-    let name = format!("e2fa_test_{}", ulid::Ulid::generate().to_string().to_lowercase());
+    let name = format!(
+        "e2fa_test_{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    );
     sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
         .execute(&pool)
         .await
@@ -150,7 +170,9 @@ pub fn with_database_name(url: &str, name: &str) -> String {
         None => (url, None),
     };
     let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
     let mut out = format!("{}/{name}", &base[..path_start]);
     if let Some(query) = query {
         out.push('?');
@@ -181,13 +203,26 @@ impl TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = test_settings(&url, dir.path());
         adjust(&mut settings);
-        Some(Self::start(settings, DbGuard::Postgres { admin_url, name, _dir: dir }).await)
+        Some(
+            Self::start(
+                settings,
+                DbGuard::Postgres {
+                    admin_url,
+                    name,
+                    _dir: dir,
+                },
+            )
+            .await,
+        )
     }
 
     async fn start(settings: Settings, guard: DbGuard) -> Self {
         let store = app::open_store(&settings).await.expect("open store");
         let secret = email2fa::crypto::new_signing_secret();
-        store.create_tenant(TENANT, "Acme Shop", &secret).await.expect("tenant");
+        store
+            .create_tenant(TENANT, "Acme Shop", &secret)
+            .await
+            .expect("tenant");
         let (tx, rx) = oneshot::channel::<()>();
         let server = app::start(Arc::new(settings.clone()), store.clone(), async {
             let _ = rx.await;
@@ -228,7 +263,12 @@ impl TestApp {
     }
 
     /// Posts a correctly signed event with a given webhook id.
-    pub async fn post_signed_with_id(&self, id: &str, event_type: &str, data: Value) -> TestResponse {
+    pub async fn post_signed_with_id(
+        &self,
+        id: &str,
+        event_type: &str,
+        data: Value,
+    ) -> TestResponse {
         self.post_body(id, &Self::envelope(event_type, data)).await
     }
 
@@ -249,7 +289,12 @@ impl TestApp {
     }
 
     /// Posts anything to a tenant's webhook URL.
-    pub async fn post_raw(&self, tenant: &str, headers: &[(&str, String)], body: Vec<u8>) -> TestResponse {
+    pub async fn post_raw(
+        &self,
+        tenant: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> TestResponse {
         let mut request = self
             .client
             .post(format!("{}/v1/webhooks/{tenant}", self.base))
@@ -263,7 +308,14 @@ impl TestApp {
 
     /// A GET.
     pub async fn get(&self, path: &str) -> TestResponse {
-        Self::collect(self.client.get(format!("{}{path}", self.base)).send().await.expect("request")).await
+        Self::collect(
+            self.client
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
     }
 
     async fn collect(response: reqwest::Response) -> TestResponse {

@@ -14,9 +14,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Decode, Encode, PgPool, Postgres, Sqlite, SqlitePool, Type};
 
 /// The PostgreSQL schema that holds every email2fa table, so that the service
@@ -313,7 +311,9 @@ impl Encode<'_, Sqlite> for Timestamp {
 
 impl<'r> Decode<'r, Sqlite> for Timestamp {
     fn decode(value: <Sqlite as sqlx::Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
-        Ok(Self::from(<DateTime<Utc> as Decode<Sqlite>>::decode(value)?))
+        Ok(Self::from(<DateTime<Utc> as Decode<Sqlite>>::decode(
+            value,
+        )?))
     }
 }
 
@@ -334,7 +334,9 @@ impl Encode<'_, Postgres> for Timestamp {
 
 impl<'r> Decode<'r, Postgres> for Timestamp {
     fn decode(value: <Postgres as sqlx::Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
-        Ok(Self::from(<DateTime<Utc> as Decode<Postgres>>::decode(value)?))
+        Ok(Self::from(<DateTime<Utc> as Decode<Postgres>>::decode(
+            value,
+        )?))
     }
 }
 
@@ -346,9 +348,8 @@ mod tests {
     fn sqlite_text_is_fixed_width_so_text_order_is_time_order() {
         let whole = Timestamp::from(DateTime::from_timestamp(1_800_000_000, 0).expect("valid"));
         let later = whole.plus_seconds(0);
-        let fraction = Timestamp::from(
-            DateTime::from_timestamp(1_800_000_000, 5_000_000).expect("valid"),
-        );
+        let fraction =
+            Timestamp::from(DateTime::from_timestamp(1_800_000_000, 5_000_000).expect("valid"));
         assert_eq!(whole.sqlite_text(), "2027-01-15T08:00:00.000000Z");
         assert!(whole.sqlite_text() < fraction.sqlite_text());
         assert_eq!(whole, later);

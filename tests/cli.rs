@@ -1,0 +1,267 @@
+//! The binary as a newcomer and an operator meet it: the first start, the
+//! tenant commands, `webhook send`, start-up errors, and the promise that no
+//! secret ever reaches a log line.
+
+mod common;
+
+use common::process::{Service, run};
+use serde_json::json;
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_fresh_embedded_start_creates_the_default_tenant_and_prints_its_secret_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut service = Service::start(dir.path(), &[]);
+    let first = service.stdout.lock().expect("lock").clone();
+    let secret = first.lines().last().expect("a secret line").to_string();
+    assert!(secret.starts_with("whsec_"), "{first}");
+    assert_eq!(
+        email2fa::crypto::decode_signing_secret(&secret).map(|k| k.len()),
+        Some(32)
+    );
+    assert!(first.contains("\"default\""));
+    assert!(service.stop().success(), "SIGTERM exits 0");
+
+    // The defaults put everything under data/.
+    assert!(dir.path().join("data/email2fa.db").exists());
+    let key = dir.path().join("data/master.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).expect("key").permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    let again = Service::start(dir.path(), &[]);
+    assert!(
+        !again.stdout.lock().expect("lock").contains("whsec_"),
+        "printed once only"
+    );
+    let list = run(dir.path(), &[], &["tenant", "list"]);
+    assert!(stdout(&list).contains("default"));
+    drop(again);
+}
+
+#[test]
+fn tenant_create_prints_the_secret_alone_on_its_last_line_and_list_never_shows_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let created = run(
+        dir.path(),
+        &[],
+        &["tenant", "create", "acme-shop", "--name", "Acme Shop"],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let out = stdout(&created);
+    let secret = out.lines().last().expect("last line");
+    assert!(
+        secret.starts_with("whsec_") && !secret.contains(' '),
+        "{out}"
+    );
+
+    let duplicate = run(dir.path(), &[], &["tenant", "create", "acme-shop"]);
+    assert!(!duplicate.status.success());
+    assert!(stderr(&duplicate).contains("already exists"));
+    let invalid = run(dir.path(), &[], &["tenant", "create", "Acme_Shop"]);
+    assert!(!invalid.status.success());
+    assert!(stderr(&invalid).contains("invalid tenant id"));
+
+    let rotated = run(
+        dir.path(),
+        &[],
+        &["tenant", "rotate-secret", "acme-shop", "--overlap", "2h"],
+    );
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    let new_secret = stdout(&rotated).lines().last().expect("line").to_string();
+    assert!(new_secret.starts_with("whsec_") && new_secret != secret);
+
+    let list = run(dir.path(), &[], &["tenant", "list"]);
+    let listed = stdout(&list);
+    assert!(listed.contains("acme-shop") && listed.contains("Acme Shop"));
+    assert!(listed.contains("valid until"), "{listed}");
+    assert!(!listed.contains("whsec_"));
+    assert!(!listed.contains(&secret[6..20]) && !listed.contains(&new_secret[6..20]));
+}
+
+#[test]
+fn bad_settings_stop_start_up_naming_the_setting() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cases = [
+        ("EMAIL2FA_LISTEN", "not-an-address", "listen"),
+        ("EMAIL2FA_LISTN", "127.0.0.1:1", "listn"),
+        (
+            "EMAIL2FA_DATABASE_URL",
+            "mysql://x",
+            "EMAIL2FA_DATABASE_URL",
+        ),
+        ("EMAIL2FA_LOG_FORMAT", "xml", "log_format"),
+        ("EMAIL2FA_MASTER_KEY", "c2hvcnQ=", "EMAIL2FA_MASTER_KEY"),
+    ];
+    for (key, value, named) in cases {
+        let output = run(dir.path(), &[(key, value)], &["migrate"]);
+        assert!(!output.status.success(), "{key}={value} was accepted");
+        let message = stderr(&output);
+        assert!(message.contains(named), "{key}: {message}");
+    }
+    let postgres_without_key = run(
+        dir.path(),
+        &[("EMAIL2FA_DATABASE_URL", "postgres://127.0.0.1:1/x")],
+        &["migrate"],
+    );
+    assert!(stderr(&postgres_without_key).contains("EMAIL2FA_MASTER_KEY is required"));
+}
+
+#[test]
+fn webhook_send_signs_posts_and_prints_the_answer() {
+    let dir = tempfile::tempdir().expect("dir");
+    let service = Service::start(dir.path(), &[]);
+    let url = service.base.clone();
+    let sent = run(
+        dir.path(),
+        &[],
+        &[
+            "webhook",
+            "send",
+            "--url",
+            &url,
+            "settings.updated",
+            r#"{"admin_2fa_allowed": true}"#,
+        ],
+    );
+    assert!(sent.status.success(), "{}", stderr(&sent));
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&sent)).expect("json answer");
+    assert_eq!(answer["admin_2fa_allowed"], true);
+
+    let args = [
+        "webhook",
+        "send",
+        "--url",
+        &url,
+        "--id",
+        "msg_fixed",
+        "settings.updated",
+        "{}",
+    ];
+    assert!(run(dir.path(), &[], &args).status.success());
+    let replay = run(dir.path(), &[], &args);
+    assert!(stderr(&replay).contains("idempotent replay"));
+
+    let refused = run(
+        dir.path(),
+        &[],
+        &[
+            "webhook",
+            "send",
+            "--url",
+            &url,
+            "settings.updated",
+            r#"{"code_length": 99}"#,
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(stdout(&refused).contains("validation_failed"));
+    drop(service);
+}
+
+#[test]
+fn no_secret_reaches_any_log_line_at_any_level() {
+    let dir = tempfile::tempdir().expect("dir");
+    let master_key = common::random_master_key();
+    for format in ["json", "pretty"] {
+        let env = [
+            ("EMAIL2FA_MASTER_KEY", master_key.as_str()),
+            ("EMAIL2FA_LOG_FORMAT", format),
+            ("RUST_LOG", "trace"),
+        ];
+        let created = run(
+            dir.path(),
+            &env,
+            &["tenant", "create", &format!("shop-{format}")],
+        );
+        assert!(created.status.success(), "{}", stderr(&created));
+        let secret = stdout(&created).lines().last().expect("secret").to_string();
+        let mut service = Service::start(dir.path(), &env);
+        let client = reqwest::blocking::Client::new();
+        let key = email2fa::crypto::decode_signing_secret(&secret).expect("key");
+        let smtp_password = format!("smtp-pw-{}", ulid::Ulid::generate());
+        let events = [
+            ("settings.updated", json!({"admin_2fa_allowed": true})),
+            (
+                "service_provider.upserted",
+                json!({"id": "p1", "title": "Mail", "kind": "smtp",
+                "smtp": {"host": "localhost", "port": 2525, "security": "none", "username": "u",
+                         "password": smtp_password, "from_address": "shop@example.com"}}),
+            ),
+            (
+                "service_provider.upserted",
+                json!({"id": "p2", "title": "Mail", "kind": "smtp",
+                "smtp": {"host": "bad host", "port": 2525, "security": "none",
+                         "password": smtp_password, "from_address": "shop@example.com"}}),
+            ),
+        ];
+        for (i, (event_type, data)) in events.iter().enumerate() {
+            let body =
+                serde_json::to_vec(&json!({"type": event_type, "data": data})).expect("json");
+            let ts = chrono::Utc::now().timestamp();
+            let id = format!("msg_{i}");
+            let signature = email2fa::signature::sign(&key, &id, ts, &body);
+            for signature in [signature, "v1,AAAA".to_string()] {
+                let status = client
+                    .post(format!("{}/v1/webhooks/shop-{format}", service.base))
+                    .header("webhook-id", &id)
+                    .header("webhook-timestamp", ts.to_string())
+                    .header("webhook-signature", signature)
+                    .body(body.clone())
+                    .send()
+                    .expect("post")
+                    .status();
+                assert!(status.is_client_error() || status.is_success());
+            }
+        }
+        let sent = run(
+            dir.path(),
+            &env,
+            &[
+                "webhook",
+                "send",
+                "--tenant",
+                &format!("shop-{format}"),
+                "--url",
+                &service.base,
+                "settings.updated",
+                "{}",
+            ],
+        );
+        assert!(sent.status.success());
+        assert!(service.stop().success());
+        let logs = format!("{}{}{}", service.output(), stderr(&created), stderr(&sent));
+        assert!(
+            logs.contains("service_provider.upserted"),
+            "the calls were logged at all"
+        );
+        assert!(logs.lines().count() > 20, "trace level produced logs");
+        let forbidden = [
+            ("the signing secret", secret.clone()),
+            (
+                "the signing secret's key",
+                secret["whsec_".len()..].to_string(),
+            ),
+            ("the SMTP password", smtp_password.clone()),
+            ("the master key", master_key.clone()),
+        ];
+        for (what, value) in forbidden {
+            assert!(
+                !logs.contains(&value),
+                "{what} appeared in the {format} logs"
+            );
+        }
+    }
+}
