@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::crypto::{self, MasterKey, SecretBox};
+use crate::crypto::{self, MasterKey};
 use crate::http::{self, AppState};
 use crate::settings::Settings;
 use crate::store::{Db, PoolConfig, Store, Timestamp};
@@ -43,7 +43,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let db = Db::connect(settings.database_url.expose(), &pool)
         .await
         .with_context(|| format!("failed to open the database {}", settings.database_url))?;
-    let store = Store::new(db, SecretBox::new(&key));
+    let store = Store::new(db, &key);
     store
         .migrate()
         .await
@@ -91,6 +91,7 @@ pub async fn start(
     let state = AppState {
         store: store.clone(),
         webhook: Arc::new(settings.webhook.clone()),
+        domain: Arc::new(crate::domain::DomainConfig::from_settings(&settings)),
     };
     spawn_receipt_pruning(store.clone(), settings.webhook.idempotency_hours);
     let app = http::router(state);

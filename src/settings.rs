@@ -46,6 +46,48 @@ pub struct Settings {
     pub webhook: WebhookSettings,
     /// Database pool.
     pub database: DatabaseSettings,
+    /// Send limits and lockout.
+    pub limits: LimitSettings,
+    /// The delivery engine.
+    pub delivery: DeliverySettings,
+}
+
+/// `EMAIL2FA_LIMITS__*`: the send limits and the lockout (API.md section 4).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Codes per user per window.
+    pub codes_per_user: i64,
+    /// The per-user window.
+    pub user_window_seconds: i64,
+    /// Codes per recipient address per window.
+    pub codes_per_recipient: i64,
+    /// The per-recipient window.
+    pub recipient_window_seconds: i64,
+    /// Consecutive wrong codes (across challenges) that pause new codes.
+    pub lockout_failures: i32,
+    /// How long new codes stay paused.
+    pub lockout_seconds: i64,
+}
+
+/// `EMAIL2FA_DELIVERY__*`: the delivery engine.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Attempts per email before it becomes a dead letter.
+    pub max_attempts: i32,
+    /// First retry delay in milliseconds (then ×2 with jitter).
+    pub backoff_base_ms: u64,
+    /// Longest retry delay in milliseconds.
+    pub backoff_cap_ms: u64,
+    /// Emails sent at once per worker process.
+    pub concurrency: usize,
+    /// Seconds an SMTP command may take.
+    pub smtp_timeout_seconds: u64,
+    /// Seconds a shutdown waits for in-flight sends.
+    pub shutdown_timeout_seconds: u64,
+    /// Where per-tenant template overrides live (`{dir}/tenants/{tenant}/…`).
+    pub templates_dir: PathBuf,
 }
 
 /// `EMAIL2FA_WEBHOOK__*`.
@@ -110,6 +152,23 @@ impl Default for Settings {
             database: DatabaseSettings {
                 max_connections: 16,
                 acquire_timeout_ms: 3000,
+            },
+            limits: LimitSettings {
+                codes_per_user: 5,
+                user_window_seconds: 900,
+                codes_per_recipient: 10,
+                recipient_window_seconds: 3600,
+                lockout_failures: 20,
+                lockout_seconds: 900,
+            },
+            delivery: DeliverySettings {
+                max_attempts: 6,
+                backoff_base_ms: 2000,
+                backoff_cap_ms: 60_000,
+                concurrency: 16,
+                smtp_timeout_seconds: 15,
+                shutdown_timeout_seconds: 30,
+                templates_dir: PathBuf::from("templates"),
             },
         }
     }
@@ -190,6 +249,36 @@ impl Settings {
             return invalid(
                 "EMAIL2FA_WEBHOOK__IDEMPOTENCY_HOURS",
                 "must be at least 24: the contract promises to remember webhook ids for 24 h",
+            );
+        }
+        let limits = &self.limits;
+        if limits.codes_per_user < 1
+            || limits.codes_per_recipient < 1
+            || limits.lockout_failures < 1
+            || limits.user_window_seconds < 1
+            || limits.recipient_window_seconds < 1
+            || limits.lockout_seconds < 0
+        {
+            return invalid(
+                "EMAIL2FA_LIMITS__*",
+                "counts and windows must be at least 1 (lockout_seconds at least 0)",
+            );
+        }
+        if !(1..=25).contains(&self.delivery.max_attempts) {
+            return invalid(
+                "EMAIL2FA_DELIVERY__MAX_ATTEMPTS",
+                "must be between 1 and 25",
+            );
+        }
+        if self.delivery.concurrency == 0 {
+            return invalid("EMAIL2FA_DELIVERY__CONCURRENCY", "must be at least 1");
+        }
+        if self.delivery.backoff_base_ms == 0
+            || self.delivery.backoff_cap_ms < self.delivery.backoff_base_ms
+        {
+            return invalid(
+                "EMAIL2FA_DELIVERY__BACKOFF_BASE_MS",
+                "must be at least 1 and not above EMAIL2FA_DELIVERY__BACKOFF_CAP_MS",
             );
         }
         if self.database.max_connections == 0 {

@@ -25,7 +25,7 @@ on_both_backends!(
     invalid_data_lists_every_field_problem,
     smtp_passwords_are_write_only_and_sealed,
     a_provider_in_use_cannot_be_deleted,
-    events_of_later_issues_are_recognised_and_refused_clearly,
+    a_refused_event_is_not_remembered_and_a_retry_runs_afresh,
     a_rotated_secret_keeps_the_old_one_valid_for_the_overlap,
     an_unreachable_database_answers_503_and_writes_nothing,
     health_readiness_and_the_openapi_document_are_served,
@@ -496,25 +496,36 @@ async fn a_provider_in_use_cannot_be_deleted(app: TestApp) {
     );
 }
 
-async fn events_of_later_issues_are_recognised_and_refused_clearly(app: TestApp) {
-    let answer = app
-        .post_signed(
-            "login.started",
-            json!({"user": {"id": "u1", "role": "customer"}}),
-        )
+async fn a_refused_event_is_not_remembered_and_a_retry_runs_afresh(app: TestApp) {
+    let enroll = json!({"user": {"id": "u1", "role": "customer"}, "email": "jane@example.com"});
+    let refused = app
+        .post_signed_with_id("msg_retry", "enrollment.started", enroll.clone())
         .await;
-    let body = answer.assert_problem(501, "not_implemented");
-    assert!(
-        body["detail"]
-            .as_str()
-            .expect("detail")
-            .contains("login.started")
-    );
+    refused.assert_problem(403, "not_allowed");
     assert_eq!(
         app.count("select count(*) from webhook_receipts").await,
         0,
         "failures are not remembered"
     );
+    assert_eq!(app.count("select count(*) from challenges").await, 0);
+    // The host fixes the cause and retries with the same webhook id.
+    assert_eq!(
+        app.post_signed("settings.updated", json!({"customer_2fa_allowed": true}))
+            .await
+            .status,
+        200
+    );
+    let no_provider = app
+        .post_signed_with_id("msg_retry", "enrollment.started", enroll)
+        .await;
+    let body = no_provider.assert_problem(409, "no_provider");
+    assert!(
+        body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("secondary_auth_provider.upserted")
+    );
+    assert!(no_provider.header("idempotent-replayed").is_none());
 }
 
 async fn a_rotated_secret_keeps_the_old_one_valid_for_the_overlap(mut app: TestApp) {

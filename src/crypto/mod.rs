@@ -6,9 +6,11 @@
 //! HMAC-SHA256 over a fixed label (the single-block HKDF-Expand), so that a
 //! key used for hashing is never also used for encryption.
 
+mod keyed_hash;
 mod master_key;
 mod secret_box;
 
+pub use keyed_hash::{KeyedHasher, TRUST_TOKEN_PREFIX, new_code, new_trust_token};
 pub use master_key::{MasterKey, MasterKeyError};
 pub use secret_box::{SecretBox, SecretBoxError};
 

@@ -2,17 +2,26 @@
 //!
 //! Every handler runs inside the ingress's transaction, together with the
 //! idempotency receipt, so an event's writes and its receipt commit or roll
-//! back as one.
+//! back as one. Emails are queued as delivery rows; the ingress pushes their
+//! jobs before it commits (see `http::webhooks`).
 
+mod enrollment;
+mod login;
+mod manage;
 mod providers;
+mod sending;
 mod settings;
+mod verify;
 
 pub use providers::{SecondaryAuthProviderAnswer, ServiceProviderAnswer, SmtpAnswer};
+pub use sending::seconds_until;
+pub use verify::VerifyAnswer;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::events::{Envelope, EventType, FieldError, parse_data};
+use crate::settings::{LimitSettings, Settings};
 use crate::store::{Store, StoreError, Tx};
 
 /// Why an event was refused.
@@ -21,6 +30,29 @@ pub enum EventError {
     /// Fields of `data` are wrong (422).
     #[error("invalid data")]
     Invalid(Vec<FieldError>),
+    /// 2FA is Inactive for the user's role (403).
+    #[error("{0}")]
+    NotAllowed(String),
+    /// No such challenge for this tenant (404).
+    #[error("no such challenge for this tenant")]
+    ChallengeNotFound,
+    /// The user already has an email factor (409).
+    #[error("this user already has an email factor; remove it first (factor.removed)")]
+    AlreadyEnrolled,
+    /// No secondary auth provider is configured (409).
+    #[error("{0}")]
+    NoProvider(String),
+    /// The challenge is verified, locked, expired or replaced (409).
+    #[error("the challenge is {0}; start a new one")]
+    ChallengeClosed(String),
+    /// Too many codes (429).
+    #[error("{detail}")]
+    RateLimited {
+        /// Seconds until a code may be sent again.
+        retry_after: u64,
+        /// Which limit.
+        detail: String,
+    },
     /// A service provider still sends for secondary auth providers (409).
     #[error(
         "service provider {id:?} is used by secondary auth provider(s) {used_by:?}; delete or move them first"
@@ -31,9 +63,6 @@ pub enum EventError {
         /// Who uses it.
         used_by: Vec<String>,
     },
-    /// A recognised event whose handling is not built yet (501).
-    #[error("{} is part of the contract but not handled by this version yet", .0.as_str())]
-    NotBuilt(EventType),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -45,6 +74,25 @@ impl From<Vec<FieldError>> for EventError {
     }
 }
 
+/// The service-wide settings the events need.
+#[derive(Debug, Clone)]
+pub struct DomainConfig {
+    /// Send limits and lockout.
+    pub limits: LimitSettings,
+    /// Attempts per email before it becomes a dead letter.
+    pub delivery_max_attempts: i32,
+}
+
+impl DomainConfig {
+    /// From the service settings.
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            limits: settings.limits.clone(),
+            delivery_max_attempts: settings.delivery.max_attempts,
+        }
+    }
+}
+
 /// Where an event runs: its store, transaction and tenant.
 pub struct EventContext<'a> {
     /// The store.
@@ -53,11 +101,15 @@ pub struct EventContext<'a> {
     pub tx: &'a mut Tx,
     /// The tenant the call was signed for.
     pub tenant_id: &'a str,
+    /// Limits and delivery settings.
+    pub config: &'a DomainConfig,
+    /// Deliveries queued by the event, to push once it succeeded.
+    pub deliveries: Vec<String>,
 }
 
 /// Runs one event and returns its JSON answer (status 200).
 pub async fn execute(
-    ctx: EventContext<'_>,
+    ctx: &mut EventContext<'_>,
     envelope: &Envelope<'_>,
 ) -> Result<Vec<u8>, EventError> {
     let data = envelope.data;
@@ -75,7 +127,16 @@ pub async fn execute(
         EventType::SecondaryAuthProviderDeleted => {
             answer(providers::delete_secondary(ctx, parse(data)?).await?)
         }
-        other => Err(EventError::NotBuilt(other)),
+        EventType::EnrollmentStarted => answer(enrollment::started(ctx, parse(data)?).await?),
+        EventType::EnrollmentVerify => answer(verify::verify(ctx, parse(data)?, false).await?),
+        EventType::LoginStarted => answer(login::started(ctx, parse(data)?).await?),
+        EventType::LoginVerify => answer(verify::verify(ctx, parse(data)?, true).await?),
+        EventType::ChallengeResend => answer(enrollment::resend(ctx, parse(data)?).await?),
+        EventType::FactorRemoved => answer(manage::factor_removed(ctx, parse(data)?).await?),
+        EventType::TrustedDevicesRevoked => {
+            answer(manage::devices_revoked(ctx, parse(data)?).await?)
+        }
+        EventType::UserStatus => answer(manage::user_status(ctx, parse(data)?).await?),
     }
 }
 

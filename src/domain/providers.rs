@@ -84,7 +84,7 @@ pub struct SecondaryAuthProviderAnswer {
 
 /// Adds or changes an SMTP service provider.
 pub async fn upsert_service(
-    ctx: EventContext<'_>,
+    ctx: &mut EventContext<'_>,
     event: ServiceProviderUpserted,
 ) -> Result<ServiceProviderAnswer, EventError> {
     event.validate()?;
@@ -119,7 +119,7 @@ pub async fn upsert_service(
 
 /// Deletes an SMTP service provider unless a secondary auth provider uses it.
 pub async fn delete_service(
-    ctx: EventContext<'_>,
+    ctx: &mut EventContext<'_>,
     event: ProviderDeleted,
 ) -> Result<DeletedAnswer, EventError> {
     event.validate()?;
@@ -145,7 +145,7 @@ pub async fn delete_service(
 
 /// Adds or changes a secondary auth provider.
 pub async fn upsert_secondary(
-    ctx: EventContext<'_>,
+    ctx: &mut EventContext<'_>,
     event: SecondaryAuthProviderUpserted,
 ) -> Result<SecondaryAuthProviderAnswer, EventError> {
     event.validate()?;
@@ -181,7 +181,7 @@ pub async fn upsert_secondary(
 
 /// Deletes a secondary auth provider.
 pub async fn delete_secondary(
-    ctx: EventContext<'_>,
+    ctx: &mut EventContext<'_>,
     event: ProviderDeleted,
 ) -> Result<DeletedAnswer, EventError> {
     event.validate()?;

@@ -6,7 +6,7 @@ use crate::store::{TenantSettings, Timestamp};
 
 /// Applies a partial update and answers with the whole settings object.
 pub async fn updated(
-    ctx: EventContext<'_>,
+    ctx: &mut EventContext<'_>,
     update: SettingsUpdated,
 ) -> Result<TenantSettings, EventError> {
     update.validate()?;

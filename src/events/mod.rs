@@ -5,11 +5,15 @@
 //! host's typo never silently does nothing.
 
 mod envelope;
+mod journeys;
 mod providers;
 mod settings;
 mod validation;
 
 pub use envelope::{Envelope, EnvelopeError, EventType};
+pub use journeys::{
+    ChallengeResend, EnrollmentStarted, LoginStarted, Role, User, UserScoped, Verify,
+};
 pub use providers::{
     ProviderDeleted, SecondaryAuthProviderUpserted, ServiceProviderUpserted, SmtpSecurity,
     SmtpSettings,

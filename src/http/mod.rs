@@ -23,6 +23,7 @@ use tracing::Level;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::domain::DomainConfig;
 use crate::settings::WebhookSettings;
 use crate::store::Store;
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub store: Store,
     /// Ingress limits.
     pub webhook: Arc<WebhookSettings>,
+    /// What the events need from the settings.
+    pub domain: Arc<DomainConfig>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -30,9 +30,24 @@ pub enum ApiError {
     /// 401: correctly signed but outside the tolerance window.
     #[error("{0}")]
     TimestampOutOfTolerance(String),
+    /// 403: 2FA is Inactive for the user's role.
+    #[error("{0}")]
+    NotAllowed(String),
     /// 404: no such tenant.
     #[error("no tenant with this id")]
     UnknownTenant,
+    /// 404: no such challenge for this tenant.
+    #[error("no such challenge for this tenant")]
+    ChallengeNotFound,
+    /// 409: the user already has an email factor.
+    #[error("{0}")]
+    AlreadyEnrolled(String),
+    /// 409: no secondary authentication provider configured.
+    #[error("{0}")]
+    NoProvider(String),
+    /// 409: the challenge is verified, locked or replaced.
+    #[error("{0}")]
+    ChallengeClosed(String),
     /// 409: a reused `webhook-id` with a different body.
     #[error("this webhook-id was already used with a different body")]
     WebhookIdConflict,
@@ -45,9 +60,14 @@ pub enum ApiError {
     /// 422: fields of `data` are wrong.
     #[error("the event's data is invalid")]
     Validation(Vec<FieldError>),
-    /// 501: a recognised event whose handling is not built yet.
-    #[error("{0}")]
-    NotImplemented(String),
+    /// 429: too many codes; retry after the given seconds.
+    #[error("{detail}")]
+    RateLimited {
+        /// Seconds to wait.
+        retry_after: u64,
+        /// Which limit.
+        detail: String,
+    },
     /// 503: the database or queue is unreachable; nothing was written.
     #[error("the service is temporarily unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -89,7 +109,20 @@ impl ApiError {
                 "timestamp_out_of_tolerance",
                 "Timestamp out of tolerance",
             ),
+            Self::NotAllowed(_) => (StatusCode::FORBIDDEN, "not_allowed", "Not allowed"),
             Self::UnknownTenant => (StatusCode::NOT_FOUND, "unknown_tenant", "Unknown tenant"),
+            Self::ChallengeNotFound => (
+                StatusCode::NOT_FOUND,
+                "challenge_not_found",
+                "Challenge not found",
+            ),
+            Self::AlreadyEnrolled(_) => {
+                (StatusCode::CONFLICT, "already_enrolled", "Already enrolled")
+            }
+            Self::NoProvider(_) => (StatusCode::CONFLICT, "no_provider", "No provider"),
+            Self::ChallengeClosed(_) => {
+                (StatusCode::CONFLICT, "challenge_closed", "Challenge closed")
+            }
             Self::WebhookIdConflict => (
                 StatusCode::CONFLICT,
                 "webhook_id_conflict",
@@ -106,10 +139,10 @@ impl ApiError {
                 "validation_failed",
                 "Validation failed",
             ),
-            Self::NotImplemented(_) => (
-                StatusCode::NOT_IMPLEMENTED,
-                "not_implemented",
-                "Not implemented yet",
+            Self::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many codes",
             ),
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -159,7 +192,11 @@ impl IntoResponse for ApiError {
             Self::Internal(cause) => tracing::error!(error = format!("{cause:#}"), "answered 500"),
             _ => {}
         }
-        let retry_after = matches!(self, Self::Unavailable(_)).then_some(UNAVAILABLE_RETRY_AFTER);
+        let retry_after = match &self {
+            Self::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
         let errors = match &self {
             Self::Validation(errors) => Some(errors.as_slice()),
             _ => None,

@@ -47,11 +47,12 @@ pub fn is_valid_tenant_id(id: &str) -> bool {
             content_type = "application/json"),
         (status = 400, description = "`malformed_payload` or `unknown_event_type`", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "`invalid_signature` or `timestamp_out_of_tolerance`", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`unknown_tenant`", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`webhook_id_conflict` or `provider_in_use`", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`unknown_tenant` or `challenge_not_found`", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`webhook_id_conflict`, `already_enrolled`, `no_provider`, `provider_in_use` or `challenge_closed`", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, with `errors`", body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 501, description = "`not_implemented`: an event of the contract this version does not handle yet", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`not_allowed`: 2FA is Inactive for the user's role", body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "`rate_limited`, with `Retry-After` and `retry_after`", body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 503, description = "`unavailable`, with `Retry-After`; nothing was written", body = super::openapi::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -123,12 +124,14 @@ async fn handle(
         let status = StatusCode::from_u16(receipt.status).unwrap_or(StatusCode::OK);
         return Ok(json_response(status, receipt.answer, true));
     }
-    let ctx = EventContext {
+    let mut ctx = EventContext {
         store,
         tx: &mut tx,
         tenant_id,
+        config: &state.domain,
+        deliveries: Vec::new(),
     };
-    match domain::execute(ctx, &envelope).await {
+    match domain::execute(&mut ctx, &envelope).await {
         Ok(answer) => {
             store
                 .complete_receipt(&mut tx, tenant_id, webhook_id, 200, &answer)
@@ -175,7 +178,18 @@ fn event_problem(error: EventError) -> ApiError {
     match error {
         EventError::Invalid(errors) => ApiError::Validation(errors),
         EventError::ProviderInUse { .. } => ApiError::ProviderInUse(error.to_string()),
-        EventError::NotBuilt(_) => ApiError::NotImplemented(error.to_string()),
+        EventError::NotAllowed(detail) => ApiError::NotAllowed(detail),
+        EventError::ChallengeNotFound => ApiError::ChallengeNotFound,
+        EventError::AlreadyEnrolled => ApiError::AlreadyEnrolled(error.to_string()),
+        EventError::NoProvider(detail) => ApiError::NoProvider(detail),
+        EventError::ChallengeClosed(_) => ApiError::ChallengeClosed(error.to_string()),
+        EventError::RateLimited {
+            retry_after,
+            detail,
+        } => ApiError::RateLimited {
+            retry_after,
+            detail,
+        },
         EventError::Store(error) => error.into(),
     }
 }

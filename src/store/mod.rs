@@ -5,18 +5,24 @@
 //! on either backend through `with_db!` (pool) or `with_tx!`
 //! (transaction). One file per table family.
 
+pub mod challenges;
+mod factors;
 pub mod providers;
 mod receipts;
+mod records;
 mod tenant_settings;
 mod tenants;
 
+pub use challenges::{Challenge, WrongTry};
 pub use email2fa_workers::db::{Db, PoolConfig, Timestamp, Tx};
+pub use factors::{Factor, TrustedDevice};
 pub use providers::{SecondaryAuthProviderRow, ServiceProviderRow};
 pub use receipts::{Receipt, ReceiptClaim};
+pub use records::LoginDecision;
 pub use tenant_settings::TenantSettings;
 pub use tenants::{TenantSecretInfo, TenantSummary, TenantWithKeys};
 
-use crate::crypto::{SecretBox, SecretBoxError};
+use crate::crypto::{KeyedHasher, MasterKey, SecretBox, SecretBoxError};
 use email2fa_workers::db::{self, PG_SCHEMA};
 
 /// What can go wrong in the store, in domain words.
@@ -61,11 +67,13 @@ impl From<sqlx::Error> for StoreError {
 /// Short for `Result<T, StoreError>`.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The store: a pool and the box that seals secrets at rest.
+/// The store: a pool, the box that seals secrets at rest, and the keyed
+/// hasher that stands in for codes and trust tokens.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Db,
     secret_box: SecretBox,
+    hasher: KeyedHasher,
 }
 
 const CREATE_SCHEMA: &str = "create schema if not exists email2fa";
@@ -78,9 +86,18 @@ static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/s
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl Store {
-    /// A store over an open pool.
-    pub fn new(db: Db, secret_box: SecretBox) -> Self {
-        Self { db, secret_box }
+    /// A store over an open pool, keyed by the master key.
+    pub fn new(db: Db, master_key: &MasterKey) -> Self {
+        Self {
+            db,
+            secret_box: SecretBox::new(master_key),
+            hasher: KeyedHasher::new(master_key),
+        }
+    }
+
+    /// Keyed hashing of codes and trust tokens.
+    pub fn hasher(&self) -> &KeyedHasher {
+        &self.hasher
     }
 
     /// The pool, for the delivery engine and readiness checks.

@@ -1,0 +1,160 @@
+//! What the service writes for hosts and auditors to read: login decisions,
+//! audit events, and the per-user failure count behind the lockout.
+
+use email2fa_workers::with_tx;
+use ulid::Ulid;
+
+use super::{Db, Store, StoreResult, Timestamp, Tx};
+
+/// One `login.started` decision.
+#[derive(Debug, Clone)]
+pub struct LoginDecision<'a> {
+    /// The host's user id.
+    pub user_id: &'a str,
+    /// `admin` or `customer`.
+    pub role: &'a str,
+    /// `allow`, `challenge` or `enroll_required`.
+    pub decision: &'a str,
+    /// Why.
+    pub reason: &'a str,
+    /// The challenge it opened, if any.
+    pub challenge_id: Option<&'a str>,
+    /// The browser's address, as the host saw it.
+    pub ip: Option<&'a str>,
+    /// The browser's user agent.
+    pub user_agent: Option<&'a str>,
+}
+
+impl Store {
+    /// Records a login decision.
+    pub async fn insert_login_decision(
+        &self,
+        tx: &mut Tx,
+        tenant_id: &str,
+        d: &LoginDecision<'_>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let id = Ulid::generate().to_string();
+        with_tx!(tx, conn => sqlx::query(
+            "insert into login_decisions (tenant_id, id, user_id, role, decision, reason, \
+                challenge_id, ip, user_agent, created_at) \
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+            .bind(tenant_id).bind(&id).bind(d.user_id).bind(d.role).bind(d.decision)
+            .bind(d.reason).bind(d.challenge_id).bind(d.ip).bind(d.user_agent).bind(now)
+            .execute(conn).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Records an audit event. `detail` is JSON and never holds a code or
+    /// a token.
+    pub async fn audit(
+        &self,
+        tx: &mut Tx,
+        tenant_id: &str,
+        user_id: Option<&str>,
+        event: &str,
+        detail: serde_json::Value,
+    ) -> StoreResult<()> {
+        let id = Ulid::generate().to_string();
+        with_tx!(tx, conn => sqlx::query(
+            "insert into audit_events (tenant_id, id, user_id, event, detail, created_at) \
+             values ($1, $2, $3, $4, $5, $6)")
+            .bind(tenant_id).bind(&id).bind(user_id).bind(event).bind(detail.to_string())
+            .bind(Timestamp::now()).execute(conn).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Consecutive failed tries of a user and the time of the last one.
+    pub async fn failure_streak(
+        &self,
+        tx: &mut Tx,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> StoreResult<(i32, Option<Timestamp>)> {
+        let row: Option<(i32, Option<Timestamp>)> = with_tx!(tx, conn => sqlx::query_as(
+            "select consecutive_failures, last_failure_at from user_security \
+             where tenant_id = $1 and user_id = $2")
+            .bind(tenant_id).bind(user_id).fetch_optional(conn).await)?;
+        Ok(row.unwrap_or((0, None)))
+    }
+
+    /// Adds one failed try to a user's streak.
+    pub async fn record_failure(
+        &self,
+        tx: &mut Tx,
+        tenant_id: &str,
+        user_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        with_tx!(tx, conn => sqlx::query(
+            "insert into user_security (tenant_id, user_id, consecutive_failures, last_failure_at) \
+             values ($1, $2, 1, $3) \
+             on conflict (tenant_id, user_id) do update set \
+                consecutive_failures = user_security.consecutive_failures + 1, \
+                last_failure_at = excluded.last_failure_at")
+            .bind(tenant_id).bind(user_id).bind(now).execute(conn).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// A success ends the streak.
+    pub async fn reset_failures(
+        &self,
+        tx: &mut Tx,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> StoreResult<()> {
+        with_tx!(tx, conn => sqlx::query(
+            "update user_security set consecutive_failures = 0 where tenant_id = $1 and user_id = $2")
+            .bind(tenant_id).bind(user_id).execute(conn).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Serialises code sends for one key (a user, a recipient) across every
+    /// process sharing the database, until the transaction ends. PostgreSQL
+    /// takes a transaction-scoped advisory lock; SQLite transactions already
+    /// hold the database's write lock.
+    pub async fn lock_for_limits(&self, tx: &mut Tx, key: &str) -> StoreResult<()> {
+        if matches!(self.db, Db::Postgres(_))
+            && let super::Tx::Postgres(tx) = tx
+        {
+            sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Code emails sent or queued for a user since `since`: how many, and
+    /// the oldest one's time (when the window frees a slot).
+    pub async fn code_sends_for_user(
+        &self,
+        tx: &mut Tx,
+        tenant_id: &str,
+        user_id: &str,
+        since: Timestamp,
+    ) -> StoreResult<(i64, Option<Timestamp>)> {
+        Ok(with_tx!(tx, conn => sqlx::query_as(
+            "select count(*), min(created_at) from deliveries \
+             where tenant_id = $1 and user_id = $2 and created_at > $3 \
+                and kind in ('enrollment_code', 'login_code') \
+                and status not in ('discarded', 'expired')")
+            .bind(tenant_id).bind(user_id).bind(since).fetch_one(conn).await)?)
+    }
+
+    /// Code emails sent or queued to an address since `since`.
+    pub async fn code_sends_to_recipient(
+        &self,
+        tx: &mut Tx,
+        tenant_id: &str,
+        recipient: &str,
+        since: Timestamp,
+    ) -> StoreResult<(i64, Option<Timestamp>)> {
+        Ok(with_tx!(tx, conn => sqlx::query_as(
+            "select count(*), min(created_at) from deliveries \
+             where tenant_id = $1 and recipient = $2 and created_at > $3 \
+                and kind in ('enrollment_code', 'login_code') \
+                and status not in ('discarded', 'expired')")
+            .bind(tenant_id).bind(recipient).bind(since).fetch_one(conn).await)?)
+    }
+}
