@@ -5,6 +5,10 @@
 //! ([`db`]): the pool over SQLite or PostgreSQL and the timestamp type both
 //! backends store the same way. The service depends on this crate, never the
 //! reverse.
+//!
+//! [`sink`] is an in-memory SMTP server for the end-to-end tests and the
+//! benchmark; it is a test and benchmark tool, not part of the delivery path.
 
 pub mod db;
 pub mod deliveries;
+pub mod sink;
