@@ -7,3 +7,4 @@
 //! reverse.
 
 pub mod db;
+pub mod render;
