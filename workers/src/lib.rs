@@ -11,4 +11,5 @@
 
 pub mod db;
 pub mod deliveries;
+pub mod render;
 pub mod sink;
