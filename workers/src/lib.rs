@@ -1,9 +1,13 @@
 //! The email2fa delivery engine: the email job contract, the apalis worker
 //! assembly, rendering, SMTP transports, retries with backoff and dead letters.
 //!
+//! The queue ([`queue`]) carries email jobs (a delivery id each) over
+//! apalis on SQLite, PostgreSQL or Redis, and runs the workers.
+//!
 //! It also owns the database plumbing that the service and the engine share
 //! ([`db`]): the pool over SQLite or PostgreSQL and the timestamp type both
 //! backends store the same way. The service depends on this crate, never the
 //! reverse.
 
 pub mod db;
+pub mod queue;
