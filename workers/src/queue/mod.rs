@@ -48,21 +48,25 @@
 //! **Orphans (a worker killed mid-job).** Every worker heartbeats every
 //! [`HEARTBEAT_INTERVAL`] (5 s); a worker not seen for
 //! [`HEARTBEAT_INTERVAL`] × [`MISSED_HEARTBEATS`] (15 s) counts as dead and
-//! its `Queued`/`Running` jobs go back to `Pending`. The recovery runs inside
-//! the heartbeat of a *live* worker on the same queue (SQLite and Redis: only
-//! other workers; PostgreSQL: any worker, and also when one registers), so an
-//! orphan is re-run 15 to 20 s after the last heartbeat of the dead worker,
-//! once any worker of the queue is running (a restarted process gets a new
-//! worker name and counts as another worker). The defaults of apalis would
-//! be 60 s on SQLite and 300 s on PostgreSQL and Redis. What `max_attempts`
-//! means: the SQL backends only compare it for rows in `Failed`, which this
-//! queue never produces; the orphan recovery adds one to `attempts` and puts
-//! the row back in `Pending`, which is fetched whatever `attempts` is. Redis
-//! stores it and ignores it (its retry limit is hard-coded to 25). Pushes
-//! still set [`MAX_ATTEMPTS`] = 25 so that no future apalis version that does
-//! honour it can strand an orphan. A job may thus run more than once (at
-//! least once): the engine is idempotent and its outbox sweep re-pushes
-//! deliveries that a killed task leaves unfinished.
+//! the jobs it had fetched or started go back to the queue (SQL: `Queued` or
+//! `Running` rows back to `Pending`; Redis: its in-flight set back on the
+//! active list). The recovery runs inside the heartbeat of a *live* worker of
+//! the same queue (SQLite: other workers only; PostgreSQL and Redis: any
+//! worker; PostgreSQL also when a worker registers), so an orphan runs again
+//! 15 to 20 s after the dead worker's last heartbeat, i.e. at most 20 s after
+//! the kill, provided some worker of the queue runs (a restarted process has
+//! a new worker name, so it counts as another worker). Measured: about 15 s
+//! on all three. apalis's defaults would take 60 s on SQLite and 300 s on
+//! PostgreSQL and Redis; a shorter heartbeat risks declaring a busy but live
+//! worker dead. What `max_attempts` means: the SQL backends compare it only
+//! for rows in `Failed`, which this queue never produces; the recovery adds
+//! one to `attempts` and puts the row in `Pending`, which is fetched whatever
+//! `attempts` is. Redis stores it and ignores it (its retry limit is
+//! hard-coded to 25, and its recovery does not count attempts). Pushes still
+//! set [`MAX_ATTEMPTS`] = 25, so that an apalis version that does honour it
+//! cannot strand an orphan. A job may thus run more than once (at least
+//! once): the engine is idempotent, and its outbox sweep re-pushes deliveries
+//! that a killed task left unfinished.
 //!
 //! **Shutdown.** [`run_workers`] stops fetching when its shutdown future
 //! resolves, gives buffered but unstarted jobs back to the queue, waits for
@@ -120,6 +124,10 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// How many heartbeats a worker may miss before its jobs count as orphaned
 /// and are put back in the queue (15 s with [`HEARTBEAT_INTERVAL`]).
 pub const MISSED_HEARTBEATS: usize = 3;
+
+/// The shortest fallback poll: a zero [`WorkerConfig::poll_interval`] would
+/// spin.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// `max_attempts` of every pushed task (apalis's default, set explicitly).
 pub const MAX_ATTEMPTS: usize = 25;
@@ -386,7 +394,7 @@ struct Wakeups(Mutex<BoxStream<'static, ()>>);
 impl Wakeups {
     /// Merges the sources with a tick every `poll_interval` (the fallback).
     fn new(sources: Vec<BoxStream<'static, ()>>, poll_interval: Duration) -> Self {
-        let mut ticks = tokio::time::interval(poll_interval);
+        let mut ticks = tokio::time::interval(poll_interval.max(MIN_POLL_INTERVAL));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ticks = futures::stream::unfold(ticks, |mut ticks| async move {
             ticks.tick().await;

@@ -20,6 +20,11 @@ use super::{HEARTBEAT_INTERVAL, MISSED_HEARTBEATS, QueueError, Wakeups};
 /// as unavailable (the same budget as the database pools' acquire timeout).
 const TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Connection attempts per (re)connect before a command fails; the redis
+/// default (6, backing off from 100 ms) makes an unreachable server take
+/// about 10 s to report, too long for a readiness probe or a 503.
+const CONNECTION_RETRIES: usize = 2;
+
 /// How long a worker waits before subscribing again after losing Redis.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 
@@ -49,7 +54,8 @@ impl RedisQueue {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT));
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(CONNECTION_RETRIES);
         let conn = client.get_connection_manager_with_config(config).await?;
         Ok(Self { client, conn })
     }

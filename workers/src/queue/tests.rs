@@ -566,6 +566,89 @@ async fn a_job_orphaned_by_a_killed_worker_runs_again(h: Harness) {
     runner.stop().await.expect("a clean stop");
 }
 
+async fn a_worker_that_loses_its_registration_starts_again(h: Harness) {
+    let recorder = Recorder::default();
+    let runner = start_runner(h.queue.clone(), 2, recorder.handler(Duration::ZERO));
+    let limit = Duration::from_secs(10);
+    wait_for_workers(&h, "the worker to register", limit, |workers| workers == 1).await;
+    forget_workers(&h).await;
+    // Its next heartbeat (or, on Redis, its next fetch) fails, the worker
+    // stops, and run_workers starts a new one under a new name.
+    let limit = Duration::from_secs(20);
+    wait_for_workers(&h, "a new worker", limit, |workers| workers == 1).await;
+    h.queue
+        .push(job("after-restart"), None)
+        .await
+        .expect("push");
+    wait_until("the job", Duration::from_secs(10), || {
+        recorder.runs("after-restart") == 1
+    })
+    .await;
+    runner.stop().await.expect("a clean stop");
+}
+
+/// Makes the backend forget the queue's workers, as if they had been
+/// declared dead.
+async fn forget_workers(h: &Harness) {
+    match &h.queue.backend {
+        Backend::Sqlite(pool) => {
+            sqlx::query("update Workers set worker_type = 'forgotten'")
+                .execute(pool)
+                .await
+                .expect("forget");
+        }
+        Backend::Postgres(pool) => {
+            sqlx::query("update apalis.workers set worker_type = 'forgotten'")
+                .execute(pool)
+                .await
+                .expect("forget");
+        }
+        Backend::Redis(redis) => {
+            let mut conn = redis.conn.clone();
+            ::redis::cmd("DEL")
+                .arg(format!("{}:workers", h.queue.name))
+                .query_async::<()>(&mut conn)
+                .await
+                .expect("forget");
+        }
+    }
+}
+
+async fn wait_for_workers(h: &Harness, what: &str, limit: Duration, done: impl Fn(i64) -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let workers: i64 = match &h.queue.backend {
+            Backend::Sqlite(pool) => {
+                sqlx::query_scalar("select count(*) from Workers where worker_type = $1")
+                    .bind(&*h.queue.name)
+                    .fetch_one(pool)
+                    .await
+                    .expect("count")
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar("select count(*) from apalis.workers where worker_type = $1")
+                    .bind(&*h.queue.name)
+                    .fetch_one(pool)
+                    .await
+                    .expect("count")
+            }
+            Backend::Redis(redis) => {
+                let mut conn = redis.conn.clone();
+                ::redis::cmd("ZCARD")
+                    .arg(format!("{}:workers", h.queue.name))
+                    .query_async(&mut conn)
+                    .await
+                    .expect("count")
+            }
+        };
+        if done(workers) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn setup_coexists_with_the_services_own_migrations(h: Harness) {
     let probe = || {
         let sql = "create table e2fa_migration_probe (id integer)".into_sql_str();
@@ -651,6 +734,7 @@ on_every_backend!(
     a_panicking_handler_does_not_kill_the_worker,
     two_runners_on_the_same_queue_run_every_job_exactly_once,
     a_job_orphaned_by_a_killed_worker_runs_again,
+    a_worker_that_loses_its_registration_starts_again,
     setup_coexists_with_the_services_own_migrations,
 );
 
