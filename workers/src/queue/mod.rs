@@ -95,16 +95,15 @@ mod runner;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+mod wakeups;
 
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::{Task, TaskBuilder, TaskId, TaskSinkError};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::watch;
@@ -113,6 +112,7 @@ use ulid::Ulid;
 use crate::db::{self, Db};
 
 pub use runner::{WorkerConfig, run_workers};
+use wakeups::Wakeups;
 
 /// The name of the apalis queue on every backend. Fixed so that queued jobs
 /// survive a rename of the Rust types (apalis's default is the type path).
@@ -124,10 +124,6 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// How many heartbeats a worker may miss before its jobs count as orphaned
 /// and are put back in the queue (15 s with [`HEARTBEAT_INTERVAL`]).
 pub const MISSED_HEARTBEATS: usize = 3;
-
-/// The shortest fallback poll: a zero [`WorkerConfig::poll_interval`] would
-/// spin.
-const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// `max_attempts` of every pushed task (apalis's default, set explicitly).
 pub const MAX_ATTEMPTS: usize = 25;
@@ -383,48 +379,4 @@ fn task_for(
         builder = builder.run_at_timestamp(second);
     }
     Ok((builder.build(), id.to_string()))
-}
-
-/// A stream of wake-ups for an idle worker that merges whatever woke it
-/// since it last looked into one item, so a burst of pushes costs one fetch.
-/// `Sync` (as apalis's poll strategies must be) through a mutex that is only
-/// ever taken with `&mut`.
-struct Wakeups(Mutex<BoxStream<'static, ()>>);
-
-impl Wakeups {
-    /// Merges the sources with a tick every `poll_interval` (the fallback).
-    fn new(sources: Vec<BoxStream<'static, ()>>, poll_interval: Duration) -> Self {
-        let mut ticks = tokio::time::interval(poll_interval.max(MIN_POLL_INTERVAL));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ticks = futures::stream::unfold(ticks, |mut ticks| async move {
-            ticks.tick().await;
-            Some(((), ticks))
-        })
-        .boxed();
-        let all = futures::stream::select_all(sources.into_iter().chain([ticks]));
-        Self(Mutex::new(all.boxed()))
-    }
-}
-
-impl Stream for Wakeups {
-    type Item = ();
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
-        let stream = self
-            .get_mut()
-            .0
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut woken = false;
-        // Drain until Pending, so that the waker is registered again.
-        loop {
-            match stream.poll_next_unpin(cx) {
-                Poll::Ready(Some(())) => woken = true,
-                Poll::Ready(None) if woken => return Poll::Ready(Some(())),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending if woken => return Poll::Ready(Some(())),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
 }
