@@ -1,6 +1,9 @@
 //! The email2fa delivery engine: the email job contract, the apalis worker
 //! assembly, rendering, SMTP transports, retries with backoff and dead letters.
 //!
+//! The queue ([`queue`]) carries email jobs (a delivery id each) over
+//! apalis on SQLite, PostgreSQL or Redis, and runs the workers.
+//!
 //! It also owns the database plumbing that the service and the engine share
 //! ([`db`]): the pool over SQLite or PostgreSQL and the timestamp type both
 //! backends store the same way. The service depends on this crate, never the
@@ -13,3 +16,4 @@ pub mod db;
 pub mod deliveries;
 pub mod render;
 pub mod sink;
+pub mod queue;

@@ -1,0 +1,382 @@
+//! The email job queue: one [`Queue`] over the three apalis 1.0 backends
+//! (SQLite in the same file as the service, PostgreSQL in the same database,
+//! or Redis) and [`run_workers`], the worker runner.
+//!
+//! A job carries only a delivery id ([`EmailJob`]); the engine reads
+//! everything else from the deliveries table, records every outcome there and
+//! schedules its own retries with [`Queue::push`] and a `run_at`. apalis is
+//! only the transport, so the queue is set up to never retry by itself.
+//!
+//! # How each backend behaves (checked against the apalis 1.0 sources)
+//!
+//! **Queue name.** Always `"emails"` ([`QUEUE_NAME`]), never the Rust type
+//! path that apalis uses by default. The wire payload is JSON; workers decode
+//! it into a `serde_json::Value` and then into [`EmailJob`], so a payload that
+//! no longer decodes kills that one task instead of the whole worker.
+//!
+//! **Scheduling.** apalis stores `run_at` in whole Unix seconds on all three
+//! backends and compares it with the clock of whoever fetches. [`Queue::push`]
+//! rounds a future `run_at` *up* to the next second, so a job never starts
+//! before its `run_at`; it starts at most about one second plus one poll
+//! interval after it. A `run_at` that is not in the future means "now".
+//!
+//! **Prompt pickup.** An idle apalis worker only looks for work at its
+//! heartbeat unless it is woken. Workers here are woken by one merged stream:
+//! - a push through a clone of the same [`Queue`] in this process wakes its
+//!   workers at once, on every backend (this replaces SQLite's
+//!   `connect_with_callback`, whose update hook only sees inserts made through
+//!   its own second pool, which would lack our WAL/busy-timeout settings);
+//! - PostgreSQL: LISTEN/NOTIFY, the same [`apalis_postgres::Pubsub`] that
+//!   `with_pubsub()` uses (apalis's trigger notifies on every insert that is
+//!   due now), so a push from another process wakes the workers too;
+//! - Redis: apalis-redis files every push in its scheduled set and publishes
+//!   nothing for it, so [`Queue::push`] publishes on `"{queue}:pushed"` and
+//!   workers subscribe (reconnecting after a lost connection);
+//! - every backend: a fallback poll every [`WorkerConfig::poll_interval`],
+//!   which also picks up scheduled jobs, jobs pushed by another process on
+//!   SQLite and orphans put back by the recovery below.
+//!
+//! **Exactly one run per push, no retry by apalis.** The handler returns
+//! `()`, which apalis records as `Done`: SQL rows become `Done` and are never
+//! fetched again; on Redis the id goes to the `done` set. A panic is caught in
+//! its own tokio task and reported as an `AbortError`, which apalis records as
+//! `Killed` (SQL) or moves to the `dead` set (Redis): not retried either.
+//! Fetching is atomic on every backend (`FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL, one `UPDATE … RETURNING` on SQLite, one Lua script on Redis),
+//! so two workers on the same queue share the work and each job runs once.
+//!
+//! **Orphans (a worker killed mid-job).** Every worker heartbeats every
+//! [`HEARTBEAT_INTERVAL`] (5 s); a worker not seen for
+//! [`HEARTBEAT_INTERVAL`] × [`MISSED_HEARTBEATS`] (15 s) counts as dead and
+//! the jobs it had fetched or started go back to the queue (SQL: `Queued` or
+//! `Running` rows back to `Pending`; Redis: its in-flight set back on the
+//! active list). The recovery runs inside the heartbeat of a *live* worker of
+//! the same queue (SQLite: other workers only; PostgreSQL and Redis: any
+//! worker; PostgreSQL also when a worker registers), so an orphan runs again
+//! 15 to 20 s after the dead worker's last heartbeat, i.e. at most 20 s after
+//! the kill, provided some worker of the queue runs (a restarted process has
+//! a new worker name, so it counts as another worker). Measured: about 15 s
+//! on all three. apalis's defaults would take 60 s on SQLite and 300 s on
+//! PostgreSQL and Redis; a shorter heartbeat risks declaring a busy but live
+//! worker dead. What `max_attempts` means: the SQL backends compare it only
+//! for rows in `Failed`, which this queue never produces; the recovery adds
+//! one to `attempts` and puts the row in `Pending`, which is fetched whatever
+//! `attempts` is. Redis stores it and ignores it (its retry limit is
+//! hard-coded to 25, and its recovery does not count attempts). Pushes still
+//! set [`MAX_ATTEMPTS`] = 25, so that an apalis version that does honour it
+//! cannot strand an orphan. A job may thus run more than once (at least
+//! once): the engine is idempotent, and its outbox sweep re-pushes deliveries
+//! that a killed task left unfinished.
+//!
+//! **Shutdown.** [`run_workers`] stops fetching when its shutdown future
+//! resolves, gives buffered but unstarted jobs back to the queue, waits for
+//! running handlers up to [`WorkerConfig::shutdown_timeout`], then aborts
+//! what still runs; those rows stay `Running` until the orphan recovery.
+//!
+//! **Migrations.** SQLite: apalis's migrations go into the same
+//! `_sqlx_migrations` table as the service's, so each migrator sees the
+//! other's versions as "previously applied but missing": [`Queue::setup`]
+//! runs apalis's with `ignore_missing`, and **the service's own migrator must
+//! set `ignore_missing` too**. PostgreSQL: apalis-postgres 1.0 keeps its
+//! versions apart, in `apalis._sqlx_migrations` (its `sqlx.toml`), so the two
+//! never meet there; `ignore_missing` is set anyway and harmless. Setup on
+//! PostgreSQL also creates the `email2fa` schema and, unless the database
+//! already has it, the `hstore` extension that apalis's tables need, which
+//! thus lands in `email2fa`: every connection that pushes or fetches needs
+//! that schema (or wherever `hstore` lives) on its search path, as
+//! `email2fa,public` has.
+//!
+//! SQLite table names `Jobs` and `Workers` belong to apalis (SQLite table
+//! names ignore case): the service must not create `jobs` or `workers`.
+
+mod postgres;
+mod redis;
+mod runner;
+mod sqlite;
+#[cfg(test)]
+mod tests;
+mod wakeups;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::{Task, TaskBuilder, TaskId, TaskSinkError};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, SqlitePool};
+use tokio::sync::watch;
+use ulid::Ulid;
+
+use crate::db::{self, Db};
+
+pub use runner::{WorkerConfig, run_workers};
+use wakeups::Wakeups;
+
+/// The name of the apalis queue on every backend. Fixed so that queued jobs
+/// survive a rename of the Rust types (apalis's default is the type path).
+pub const QUEUE_NAME: &str = "emails";
+
+/// How often a worker tells the backend it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How many heartbeats a worker may miss before its jobs count as orphaned
+/// and are put back in the queue (15 s with [`HEARTBEAT_INTERVAL`]).
+pub const MISSED_HEARTBEATS: usize = 3;
+
+/// `max_attempts` of every pushed task (apalis's default, set explicitly).
+pub const MAX_ATTEMPTS: usize = 25;
+
+/// The job: only a delivery id — never a code, a rendered body or a password.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EmailJob {
+    /// The delivery to attempt; the engine reads everything else from it.
+    pub delivery_id: String,
+}
+
+/// Where the queue lives.
+pub enum QueueTarget {
+    /// The SQLite file or the PostgreSQL database itself (apalis's tables sit
+    /// beside the service's: SQLite `Jobs`/`Workers`, PostgreSQL schema
+    /// `apalis`).
+    Database(Db),
+    /// A Redis server, as a `redis://` or `rediss://` URL.
+    Redis(String),
+}
+
+/// What went wrong with the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The database or Redis cannot be reached or is overloaded: the ingress
+    /// answers 503.
+    #[error("the queue is unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Anything else (a bad URL, a schema mismatch, a bug).
+    #[error("queue error")]
+    Other(#[source] BoxError),
+}
+
+/// A boxed error, the source of a [`QueueError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl From<sqlx::Error> for QueueError {
+    fn from(error: sqlx::Error) -> Self {
+        if db::is_unavailable(&error) {
+            Self::Unavailable(error.into())
+        } else {
+            Self::Other(error.into())
+        }
+    }
+}
+
+impl From<::redis::RedisError> for QueueError {
+    fn from(error: ::redis::RedisError) -> Self {
+        if error.is_io_error()
+            || error.is_connection_refusal()
+            || error.is_connection_dropped()
+            || error.is_timeout()
+        {
+            Self::Unavailable(error.into())
+        } else {
+            Self::Other(error.into())
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for QueueError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        match error {
+            sqlx::migrate::MigrateError::Execute(error) => error.into(),
+            other => Self::Other(other.into()),
+        }
+    }
+}
+
+impl From<serde_json::Error> for QueueError {
+    fn from(error: serde_json::Error) -> Self {
+        Self::Other(error.into())
+    }
+}
+
+impl QueueError {
+    /// Maps the error of an apalis push, classifying the backend's own error.
+    fn from_sink<E: Into<QueueError> + std::fmt::Display>(error: TaskSinkError<E>) -> Self {
+        match error {
+            TaskSinkError::PushError(error) => error.into(),
+            other => Self::Other(other.to_string().into()),
+        }
+    }
+}
+
+/// The queue: a handle on one of the three backends. Cheap to clone; connect
+/// once per process and clone it, so that pushes wake this process's workers
+/// at once.
+#[derive(Clone)]
+pub struct Queue {
+    backend: Backend,
+    name: Arc<str>,
+    pushed: Arc<watch::Sender<()>>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+    Redis(redis::RedisQueue),
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the Redis URL: it may hold a password.
+        f.debug_struct("Queue")
+            .field("backend", &self.backend_name())
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Queue {
+    /// Opens the queue. A database pool is used as it is (no round trip); a
+    /// Redis URL is connected to at once, so an unreachable server is
+    /// reported here as [`QueueError::Unavailable`].
+    pub async fn connect(target: QueueTarget) -> Result<Self, QueueError> {
+        let backend = match target {
+            QueueTarget::Database(Db::Sqlite(pool)) => Backend::Sqlite(pool),
+            QueueTarget::Database(Db::Postgres(pool)) => Backend::Postgres(pool),
+            QueueTarget::Redis(url) => Backend::Redis(redis::RedisQueue::connect(&url).await?),
+        };
+        Ok(Self {
+            backend,
+            name: Arc::from(QUEUE_NAME),
+            pushed: Arc::new(watch::Sender::new(())),
+        })
+    }
+
+    /// Creates or updates apalis's own tables: SQLite, in the same file;
+    /// PostgreSQL, `create extension if not exists hstore` and the `apalis`
+    /// schema; Redis, nothing. apalis's migrator runs with `ignore_missing`
+    /// because on SQLite it shares `_sqlx_migrations` with the service's
+    /// migrations (whose migrator must set `ignore_missing` as well).
+    /// Idempotent, and safe to run before or after the service's migrations.
+    pub async fn setup(&self) -> Result<(), QueueError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => sqlite::setup(pool).await,
+            Backend::Postgres(pool) => postgres::setup(pool).await,
+            Backend::Redis(_) => Ok(()),
+        }
+    }
+
+    /// Pushes a job to run now, or not before `run_at`. Returns the apalis
+    /// task id (a ULID string).
+    #[tracing::instrument(skip_all, fields(delivery.id = %job.delivery_id, queue.backend = self.backend_name()))]
+    pub async fn push(
+        &self,
+        job: EmailJob,
+        run_at: Option<DateTime<Utc>>,
+    ) -> Result<String, QueueError> {
+        let run_at = run_at.and_then(due_second);
+        let (task, id) = task_for(&job, run_at)?;
+        self.push_tasks(vec![task], run_at.is_none()).await?;
+        Ok(id)
+    }
+
+    /// Pushes several jobs to run now, in one round trip where the backend
+    /// allows it: one SQL transaction, one Lua script call on Redis (plus the
+    /// wake-up message).
+    #[tracing::instrument(skip_all, fields(jobs = jobs.len(), queue.backend = self.backend_name()))]
+    pub async fn push_many(&self, jobs: Vec<EmailJob>) -> Result<(), QueueError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let tasks = jobs
+            .iter()
+            .map(|job| task_for(job, None).map(|(task, _)| task))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.push_tasks(tasks, true).await
+    }
+
+    async fn push_tasks(
+        &self,
+        tasks: Vec<Task<serde_json::Value>>,
+        due: bool,
+    ) -> Result<(), QueueError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => sqlite::push(pool, &self.name, tasks).await?,
+            Backend::Postgres(pool) => postgres::push(pool, &self.name, tasks).await?,
+            Backend::Redis(redis) => redis.push(&self.name, tasks, due).await?,
+        }
+        if due {
+            self.pushed.send_replace(());
+        }
+        Ok(())
+    }
+
+    /// One cheap round trip (readiness).
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => sqlx::query("select 1").execute(pool).await.map(drop)?,
+            Backend::Postgres(pool) => sqlx::query("select 1").execute(pool).await.map(drop)?,
+            Backend::Redis(redis) => redis.ping().await?,
+        }
+        Ok(())
+    }
+
+    /// `"sqlite"`, `"postgres"` or `"redis"`, for logs and metrics.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// The same queue under another apalis queue name, so that tests sharing
+    /// one Redis server do not see each other's jobs.
+    #[cfg(test)]
+    pub(crate) fn renamed(mut self, name: &str) -> Self {
+        self.name = Arc::from(name);
+        self
+    }
+
+    /// Wake-ups for this process's workers after a push through this queue.
+    fn local_wakeups(&self) -> BoxStream<'static, ()> {
+        let mut pushed = self.pushed.subscribe();
+        pushed.mark_unchanged();
+        futures::stream::unfold(pushed, |mut pushed| async move {
+            pushed.changed().await.ok()?;
+            Some(((), pushed))
+        })
+        .boxed()
+    }
+}
+
+/// The Unix second from which a job may run: `run_at` rounded up, or `None`
+/// when `run_at` is not in the future.
+fn due_second(run_at: DateTime<Utc>) -> Option<u64> {
+    if run_at <= Utc::now() {
+        return None;
+    }
+    let whole = run_at.timestamp();
+    let second = if run_at.timestamp_subsec_nanos() > 0 {
+        whole + 1
+    } else {
+        whole
+    };
+    u64::try_from(second).ok()
+}
+
+/// An apalis task for `job` with a fresh ULID as its id.
+fn task_for(
+    job: &EmailJob,
+    run_at: Option<u64>,
+) -> Result<(Task<serde_json::Value>, String), QueueError> {
+    let id = Ulid::generate();
+    let mut builder = TaskBuilder::new(serde_json::to_value(job)?)
+        .task_id(TaskId::from_ulid(id))
+        .max_attempts(MAX_ATTEMPTS);
+    if let Some(second) = run_at {
+        builder = builder.run_at_timestamp(second);
+    }
+    Ok((builder.build(), id.to_string()))
+}
