@@ -12,9 +12,16 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use email2fa_workers::engine::{Engine, EngineConfig};
+use email2fa_workers::queue::{Queue, QueueTarget, WorkerConfig, run_workers};
+use email2fa_workers::render::Renderer;
+use email2fa_workers::transport::{MailMode, Transports};
+use tokio::sync::watch;
+
 use crate::crypto::{self, MasterKey};
+use crate::delivery::ServiceSource;
 use crate::http::{self, AppState};
-use crate::settings::Settings;
+use crate::settings::{MailTransport, Settings};
 use crate::store::{Db, PoolConfig, Store, Timestamp};
 
 /// The tenant a fresh embedded database starts with.
@@ -68,6 +75,100 @@ pub async fn ensure_default_tenant(
     Ok(Some(secret))
 }
 
+/// Opens the queue named by the settings (Redis, or the database itself)
+/// and creates its tables.
+pub async fn open_queue(settings: &Settings, store: &Store) -> anyhow::Result<Queue> {
+    let target = match &settings.queue_url {
+        Some(url) if url.is_redis() => QueueTarget::Redis(url.expose().to_string()),
+        _ => QueueTarget::Database(store.db().clone()),
+    };
+    let queue = Queue::connect(target)
+        .await
+        .context("failed to connect to the queue")?;
+    queue.setup().await.context("failed to set up the queue")?;
+    Ok(queue)
+}
+
+/// The delivery engine over the store and the queue.
+pub fn engine(
+    settings: &Settings,
+    store: &Store,
+    queue: &Queue,
+) -> anyhow::Result<Engine<ServiceSource>> {
+    let overrides = Some(settings.delivery.templates_dir.as_path()).filter(|dir| dir.exists());
+    let renderer = Renderer::new(overrides).context("failed to load the email templates")?;
+    let mode = match settings.mail_transport {
+        MailTransport::Smtp => MailMode::Smtp,
+        MailTransport::File => MailMode::Files(settings.data_dir.join("outbox")),
+    };
+    let transports = Transports::new(
+        mode,
+        Duration::from_secs(settings.delivery.smtp_timeout_seconds),
+        u32::try_from(settings.delivery.concurrency).unwrap_or(u32::MAX),
+    );
+    let config = EngineConfig {
+        backoff_base: Duration::from_millis(settings.delivery.backoff_base_ms),
+        backoff_cap: Duration::from_millis(settings.delivery.backoff_cap_ms),
+        ..EngineConfig::default()
+    };
+    Ok(Engine::new(
+        store.db().clone(),
+        queue.clone(),
+        ServiceSource::new(store.clone()),
+        renderer,
+        transports,
+        config,
+    ))
+}
+
+/// A shutdown signal several tasks can wait for.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A signal and the sender that fires it.
+    pub fn new() -> (watch::Sender<bool>, Self) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    /// Resolves once the signal fired (or its sender is gone).
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|fired| *fired).await;
+    }
+}
+
+/// Runs the workers and the outbox sweep until `shutdown`.
+pub fn start_workers(
+    settings: &Settings,
+    engine: Engine<ServiceSource>,
+    queue: Queue,
+    shutdown: Shutdown,
+) -> JoinHandle<anyhow::Result<()>> {
+    let config = WorkerConfig {
+        concurrency: settings.delivery.concurrency,
+        name_prefix: "email2fa".into(),
+        shutdown_timeout: Duration::from_secs(settings.delivery.shutdown_timeout_seconds),
+        ..WorkerConfig::default()
+    };
+    let sweeper = engine.clone();
+    let sweep_stop = shutdown.clone();
+    tokio::spawn(async move {
+        sweeper
+            .run_sweeper(Duration::from_secs(10), sweep_stop.wait())
+            .await;
+    });
+    tokio::spawn(async move {
+        let handler = move |job| {
+            let engine = engine.clone();
+            async move { engine.handle(job).await }
+        };
+        run_workers(queue, config, handler, shutdown.wait())
+            .await
+            .context("the workers failed")
+    })
+}
+
 /// A running server (used by `serve` and by the tests).
 pub struct RunningServer {
     /// The bound address (port 0 resolves here).
@@ -82,6 +183,7 @@ pub struct RunningServer {
 pub async fn start(
     settings: Arc<Settings>,
     store: Store,
+    queue: Queue,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningServer> {
     let listener = TcpListener::bind(settings.listen)
@@ -92,6 +194,7 @@ pub async fn start(
         store: store.clone(),
         webhook: Arc::new(settings.webhook.clone()),
         domain: Arc::new(crate::domain::DomainConfig::from_settings(&settings)),
+        queue,
     };
     spawn_receipt_pruning(store.clone(), settings.webhook.idempotency_hours);
     let app = http::router(state);
@@ -125,7 +228,8 @@ fn spawn_receipt_pruning(store: Store, hours: i64) {
     });
 }
 
-/// `email2fa serve`: everything in one process until SIGINT or SIGTERM.
+/// `email2fa serve`: the ingress and the workers in one process, until
+/// SIGINT or SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
     if let Some(secret) = ensure_default_tenant(&settings, &store).await? {
@@ -134,10 +238,37 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         );
         println!("{secret}");
     }
-    let server = start(Arc::new(settings), store.clone(), shutdown_signal()).await?;
+    let queue = open_queue(&settings, &store).await?;
+    let engine = engine(&settings, &store, &queue)?;
+    let (stop, shutdown) = Shutdown::new();
+    let workers = start_workers(&settings, engine, queue.clone(), shutdown.clone());
+    let server = start(Arc::new(settings), store.clone(), queue, shutdown.wait()).await?;
+    shutdown_signal().await;
+    let _ = stop.send(true);
     server.task.await.context("the server task failed")??;
+    workers.await.context("the worker task failed")??;
     store.db().close().await;
     tracing::info!("email2fa stopped");
+    Ok(())
+}
+
+/// `email2fa worker`: only the workers (and the outbox sweep), for scaling
+/// delivery apart from the ingress.
+pub async fn work(settings: Settings) -> anyhow::Result<()> {
+    let store = open_store(&settings).await?;
+    let queue = open_queue(&settings, &store).await?;
+    let engine = engine(&settings, &store, &queue)?;
+    let (stop, shutdown) = Shutdown::new();
+    let workers = start_workers(&settings, engine, queue, shutdown);
+    tracing::info!(
+        backend = store.db().backend_name(),
+        "email2fa workers running"
+    );
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    workers.await.context("the worker task failed")??;
+    store.db().close().await;
+    tracing::info!("email2fa workers stopped");
     Ok(())
 }
 

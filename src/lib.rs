@@ -9,6 +9,7 @@
 pub mod app;
 pub mod cli;
 pub mod crypto;
+pub mod delivery;
 pub mod domain;
 pub mod events;
 pub mod http;

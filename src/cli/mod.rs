@@ -26,8 +26,10 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the webhook ingress (and, once built, the workers) in one process.
+    /// Run the webhook ingress and the delivery workers in one process.
     Serve,
+    /// Run only the delivery workers (scale them apart from the ingress).
+    Worker,
     /// Apply the database migrations and exit.
     Migrate,
     /// Manage tenants and their signing secrets.
@@ -49,6 +51,7 @@ impl Cli {
     pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
         match self.command.unwrap_or(Command::Serve) {
             Command::Serve => crate::app::serve(settings).await,
+            Command::Worker => crate::app::work(settings).await,
             Command::Migrate => {
                 crate::app::open_store(&settings).await?;
                 println!("migrations applied to {}", settings.database_url);

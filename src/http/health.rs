@@ -16,6 +16,9 @@ pub struct Health {
     /// `ok` or `unreachable` (readiness only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<&'static str>,
+    /// `ok` or `unreachable` (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<&'static str>,
 }
 
 /// The process is up.
@@ -25,6 +28,7 @@ pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok",
         database: None,
+        queue: None,
     })
 }
 
@@ -34,23 +38,26 @@ pub async fn healthz() -> Json<Health> {
         (status = 200, description = "Ready to take webhooks", body = Health),
         (status = 503, description = "The database or queue is unreachable", body = Health)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    match state.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(Health {
-                status: "ready",
-                database: Some("ok"),
-            }),
-        ),
-        Err(error) => {
-            tracing::warn!(error = %error, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(Health {
-                    status: "unavailable",
-                    database: Some("unreachable"),
-                }),
-            )
-        }
+    let (database, queue) = tokio::join!(state.store.ping(), state.queue.ping());
+    if let Err(error) = &database {
+        tracing::warn!(%error, "readiness: the database does not answer");
     }
+    if let Err(error) = &queue {
+        tracing::warn!(%error, "readiness: the queue does not answer");
+    }
+    let word = |ok: bool| if ok { "ok" } else { "unreachable" };
+    let ready = database.is_ok() && queue.is_ok();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Health {
+            status: if ready { "ready" } else { "unavailable" },
+            database: Some(word(database.is_ok())),
+            queue: Some(word(queue.is_ok())),
+        }),
+    )
 }

@@ -23,6 +23,8 @@ use tracing::Level;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use email2fa_workers::queue::Queue;
+
 use crate::domain::DomainConfig;
 use crate::settings::WebhookSettings;
 use crate::store::Store;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub webhook: Arc<WebhookSettings>,
     /// What the events need from the settings.
     pub domain: Arc<DomainConfig>,
+    /// Where email jobs go.
+    pub queue: Queue,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -18,6 +18,7 @@ use crate::domain::{self, EventContext, EventError};
 use crate::events::{Envelope, EnvelopeError};
 use crate::signature::{self, SignatureError, SignatureHeaders};
 use crate::store::ReceiptClaim;
+use email2fa_workers::queue::EmailJob;
 
 /// `^[a-z0-9][a-z0-9-]{0,62}$`.
 pub fn is_valid_tenant_id(id: &str) -> bool {
@@ -131,12 +132,14 @@ async fn handle(
         config: &state.domain,
         deliveries: Vec::new(),
     };
-    match domain::execute(&mut ctx, &envelope).await {
+    let executed = domain::execute(&mut ctx, &envelope).await;
+    let jobs = ctx.deliveries;
+    match executed {
         Ok(answer) => {
             store
                 .complete_receipt(&mut tx, tenant_id, webhook_id, 200, &answer)
                 .await?;
-            crate::store::commit(tx).await?;
+            commit_and_push(state, tx, jobs).await?;
             Ok(json_response(StatusCode::OK, answer, false))
         }
         Err(error) => {
@@ -144,6 +147,43 @@ async fn handle(
             Err(event_problem(error))
         }
     }
+}
+
+/// Commits the event and pushes its email jobs.
+///
+/// With Redis as the queue the jobs are pushed before the commit, so that a
+/// Redis outage refuses the webhook (503) with nothing written; a worker that
+/// sees a job before its row is visible waits for it. With the database as
+/// the queue, its availability is the database's, and the push follows the
+/// commit (an SQLite writer would otherwise wait on its own transaction); if
+/// that push fails, the outbox sweep pushes the delivery later.
+async fn commit_and_push(
+    state: &AppState,
+    tx: crate::store::Tx,
+    jobs: Vec<String>,
+) -> Result<(), ApiError> {
+    let to_jobs = |ids: Vec<String>| {
+        ids.into_iter()
+            .map(|delivery_id| EmailJob { delivery_id })
+            .collect()
+    };
+    if state.queue.backend_name() == "redis" && !jobs.is_empty() {
+        if let Err(error) = state.queue.push_many(to_jobs(jobs)).await {
+            drop(tx.rollback().await);
+            return Err(ApiError::Unavailable(anyhow::anyhow!(
+                "the queue is unavailable: {error}"
+            )));
+        }
+        crate::store::commit(tx).await?;
+        return Ok(());
+    }
+    crate::store::commit(tx).await?;
+    if !jobs.is_empty()
+        && let Err(error) = state.queue.push_many(to_jobs(jobs)).await
+    {
+        tracing::warn!(%error, "could not push email jobs after commit; the outbox sweep will");
+    }
+    Ok(())
 }
 
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {

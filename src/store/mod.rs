@@ -82,9 +82,6 @@ const _: () = assert!(
     "CREATE_SCHEMA names PG_SCHEMA"
 );
 
-static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
 impl Store {
     /// A store over an open pool, keyed by the master key.
     pub fn new(db: Db, master_key: &MasterKey) -> Self {
@@ -113,11 +110,19 @@ impl Store {
     /// Applies the migrations of this backend (idempotent; PostgreSQL takes
     /// an advisory lock, so concurrent starts are safe).
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        // apalis-sqlite keeps its migrations in the same `_sqlx_migrations`
+        // table, so each migrator must ignore the other's versions.
         match &self.db {
-            Db::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
+            Db::Sqlite(pool) => {
+                let mut migrator = sqlx::migrate!("./migrations/sqlite");
+                migrator.set_ignore_missing(true);
+                migrator.run(pool).await
+            }
             Db::Postgres(pool) => {
                 sqlx::query(CREATE_SCHEMA).execute(pool).await?;
-                POSTGRES_MIGRATOR.run(pool).await
+                let mut migrator = sqlx::migrate!("./migrations/postgres");
+                migrator.set_ignore_missing(true);
+                migrator.run(pool).await
             }
         }
     }

@@ -125,8 +125,10 @@ impl Store {
         Ok(())
     }
 
-    /// Code emails sent or queued for a user since `since`: how many, and
-    /// the oldest one's time (when the window frees a slot).
+    /// Code sends asked for a user since `since` (sent, queued, or replaced
+    /// by a newer one before going out: every request counts, so hammering
+    /// "Send New Code" cannot get around the limit): how many, and the
+    /// oldest one's time (when the window frees a slot).
     pub async fn code_sends_for_user(
         &self,
         tx: &mut Tx,
@@ -137,8 +139,7 @@ impl Store {
         Ok(with_tx!(tx, conn => sqlx::query_as(
             "select count(*), min(created_at) from deliveries \
              where tenant_id = $1 and user_id = $2 and created_at > $3 \
-                and kind in ('enrollment_code', 'login_code') \
-                and status not in ('discarded', 'expired')")
+                and kind in ('enrollment_code', 'login_code')")
             .bind(tenant_id).bind(user_id).bind(since).fetch_one(conn).await)?)
     }
 
@@ -153,8 +154,7 @@ impl Store {
         Ok(with_tx!(tx, conn => sqlx::query_as(
             "select count(*), min(created_at) from deliveries \
              where tenant_id = $1 and recipient = $2 and created_at > $3 \
-                and kind in ('enrollment_code', 'login_code') \
-                and status not in ('discarded', 'expired')")
+                and kind in ('enrollment_code', 'login_code')")
             .bind(tenant_id).bind(recipient).bind(since).fetch_one(conn).await)?)
     }
 }

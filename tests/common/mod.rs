@@ -14,7 +14,10 @@ use email2fa::store::Store;
 use reqwest::header::HeaderMap;
 use secrecy::SecretString;
 use serde_json::Value;
-use tokio::sync::oneshot;
+use std::time::Duration;
+
+use email2fa_workers::queue::Queue;
+pub use email2fa_workers::sink::{ReceivedMessage, SmtpSink};
 
 /// The tenant every test app starts with.
 pub const TENANT: &str = "acme";
@@ -46,8 +49,21 @@ pub struct TestApp {
     pub settings: Settings,
     pub secret: String,
     pub client: reqwest::Client,
-    shutdown: Option<oneshot::Sender<()>>,
+    pub sink: SmtpSink,
+    pub queue: Queue,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    workers: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _guard: DbGuard,
+}
+
+/// The code in a code email: the line of digits alone in its text part.
+pub fn code_in(message: &ReceivedMessage) -> String {
+    let text = String::from_utf8_lossy(&message.data);
+    text.lines()
+        .map(str::trim)
+        .find(|line| (6..=10).contains(&line.len()) && line.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or_else(|| panic!("no code in the email:\n{text}"))
+        .to_string()
 }
 
 /// An answer.
@@ -223,10 +239,17 @@ impl TestApp {
             .create_tenant(TENANT, "Acme Shop", &secret)
             .await
             .expect("tenant");
-        let (tx, rx) = oneshot::channel::<()>();
-        let server = app::start(Arc::new(settings.clone()), store.clone(), async {
-            let _ = rx.await;
-        })
+        let sink = SmtpSink::start().await.expect("smtp sink");
+        let queue = app::open_queue(&settings, &store).await.expect("queue");
+        let engine = app::engine(&settings, &store, &queue).expect("engine");
+        let (stop, shutdown) = app::Shutdown::new();
+        let workers = app::start_workers(&settings, engine, queue.clone(), shutdown.clone());
+        let server = app::start(
+            Arc::new(settings.clone()),
+            store.clone(),
+            queue.clone(),
+            shutdown.wait(),
+        )
         .await
         .expect("start");
         Self {
@@ -235,9 +258,87 @@ impl TestApp {
             settings,
             secret,
             client: reqwest::Client::new(),
-            shutdown: Some(tx),
+            sink,
+            queue,
+            stop: Some(stop),
+            workers: Some(workers),
             _guard: guard,
         }
+    }
+
+    /// Points the tenant's mail at this app's SMTP sink: service provider
+    /// `p1`, secondary auth provider `s1`, and the given settings.
+    pub async fn configure_mail(&self, settings: Value) {
+        let provider = self
+            .post_signed(
+                "service_provider.upserted",
+                serde_json::json!({
+                "id": "p1", "title": "Test sink", "kind": "smtp",
+                "smtp": {"host": "127.0.0.1", "port": self.sink.port(), "security": "none",
+                         "from_address": "shop@acme.example", "from_name": "Acme Shop"}}),
+            )
+            .await;
+        assert_eq!(provider.status, 200, "{:?}", provider.json());
+        let secondary = self
+            .post_signed("secondary_auth_provider.upserted",
+                serde_json::json!({"id": "s1", "title": "Email codes", "service_provider_id": "p1"}))
+            .await;
+        assert_eq!(secondary.status, 200);
+        let updated = self.post_signed("settings.updated", settings).await;
+        assert_eq!(updated.status, 200, "{:?}", updated.json());
+    }
+
+    /// Waits for the n-th message at the sink (1-based) and returns it.
+    pub async fn nth_mail(&self, n: usize) -> ReceivedMessage {
+        let messages = self.sink.wait_for(n, Duration::from_secs(20)).await;
+        assert!(
+            messages.len() >= n,
+            "only {} of {n} emails arrived",
+            messages.len()
+        );
+        messages[n - 1].clone()
+    }
+
+    /// Waits for the n-th message (1-based) to `recipient` and returns it.
+    pub async fn mail_for(&self, recipient: &str, n: usize) -> ReceivedMessage {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mine: Vec<ReceivedMessage> = self
+                .sink
+                .messages()
+                .into_iter()
+                .filter(|m| m.rcpt_to.iter().any(|r| r == recipient))
+                .collect();
+            if mine.len() >= n {
+                return mine[n - 1].clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {n} emails to {recipient} arrived",
+                mine.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The status of a delivery, polled until it is `want` or 20 s passed.
+    pub async fn wait_delivery(&self, delivery_id: &str, want: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.delivery_status(delivery_id).await;
+            if status == want || std::time::Instant::now() > deadline {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A delivery's status.
+    pub async fn delivery_status(&self, delivery_id: &str) -> String {
+        email2fa_workers::deliveries::status_of(self.store.db(), delivery_id)
+            .await
+            .expect("status")
+            .unwrap_or_default()
     }
 
     /// Signs a body as the host would, with this app's tenant secret.
@@ -335,10 +436,22 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Stops the workers and the server, waiting for in-flight sends.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(workers) = self.workers.take() {
+            let _ = workers.await;
+        }
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
         }
     }
 }

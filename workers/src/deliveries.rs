@@ -6,8 +6,8 @@
 //! them with a lease, so a delivery already `sent` is never sent again and a
 //! send cut off by a crash is retried once its lease runs out.
 
-use crate::db::{Timestamp, Tx};
-use crate::with_tx;
+use crate::db::{Db, Timestamp, Tx};
+use crate::{with_db, with_tx};
 
 /// What the ingress asks the engine to send.
 #[derive(Debug, Clone)]
@@ -62,4 +62,163 @@ pub async fn insert_delivery(
         .bind(&d.secondary_auth_provider_id).bind(d.max_attempts).bind(d.not_after).bind(now)
         .bind(&d.resent_from).execute(conn).await.map(|r| r.rows_affected()))?;
     Ok(())
+}
+
+/// A delivery row as the engine works with it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Delivery {
+    /// ULID.
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// `enrollment_code`, `login_code` or `factor_removed`.
+    pub kind: String,
+    /// The host's user id.
+    pub user_id: String,
+    /// The address it goes to.
+    pub recipient: String,
+    /// Display name.
+    pub user_name: Option<String>,
+    /// BCP 47 locale.
+    pub locale: Option<String>,
+    /// `admin` or `customer`.
+    pub role: String,
+    /// The challenge of a code email.
+    pub challenge_id: Option<String>,
+    /// The provider that sends it.
+    pub secondary_auth_provider_id: String,
+    /// Current status.
+    pub status: String,
+    /// Attempts made (this one included once claimed).
+    pub attempts: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// After this, sending is pointless.
+    pub not_after: Option<Timestamp>,
+    /// Created (the webhook's time, for end-to-end latency).
+    pub created_at: Timestamp,
+}
+
+const COLUMNS: &str = "id, tenant_id, kind, user_id, recipient, user_name, locale, role, \
+    challenge_id, secondary_auth_provider_id, status, attempts, max_attempts, not_after, created_at";
+
+/// Claims a delivery for one attempt: `queued`/`retrying` rows that are due,
+/// and `sending` rows whose lease ran out (the worker died mid-send). Returns
+/// `None` when another worker has it or it is finished.
+pub async fn claim(
+    db: &Db,
+    id: &str,
+    now: Timestamp,
+    lease_seconds: i64,
+) -> Result<Option<Delivery>, sqlx::Error> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "update deliveries set status = 'sending', attempts = attempts + 1, lease_until = $3, \
+            updated_at = $2 \
+         where id = $1 and ((status in ('queued', 'retrying') and next_attempt_at <= $4) \
+            or (status = 'sending' and lease_until < $2)) \
+         returning {COLUMNS}"
+    ));
+    // A job may run a little before its row's due time (clock skew between
+    // processes, backend rounding); one second of slack avoids a pointless skip.
+    let due = now.plus_seconds(1);
+    with_db!(db, pool => sqlx::query_as(sql).bind(id).bind(now)
+        .bind(now.plus_seconds(lease_seconds)).bind(due).fetch_optional(pool).await)
+}
+
+/// The status of a delivery, or `None` when the row does not exist (yet).
+pub async fn status_of(db: &Db, id: &str) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> = with_db!(db, pool => sqlx::query_as(
+        "select status from deliveries where id = $1").bind(id).fetch_optional(pool).await)?;
+    Ok(row.map(|(status,)| status))
+}
+
+/// Records a send the SMTP server accepted.
+pub async fn mark_sent(
+    db: &Db,
+    id: &str,
+    reply: &str,
+    message_id: &str,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    with_db!(db, pool => sqlx::query(
+        "update deliveries set status = 'sent', smtp_reply = $2, message_id = $3, sent_at = $4, \
+            updated_at = $4, lease_until = null, last_error = null where id = $1")
+        .bind(id).bind(reply).bind(message_id).bind(now)
+        .execute(pool).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Records a transient failure and when the next attempt is due.
+pub async fn mark_retrying(
+    db: &Db,
+    id: &str,
+    error: &str,
+    next_at: Timestamp,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    with_db!(db, pool => sqlx::query(
+        "update deliveries set status = 'retrying', last_error = $2, next_attempt_at = $3, \
+            updated_at = $4, lease_until = null where id = $1")
+        .bind(id).bind(error).bind(next_at).bind(now)
+        .execute(pool).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Ends a delivery without a dead letter: `discarded` (superseded, closed
+/// challenge) or `expired` (its code could no longer be used).
+pub async fn mark_finished(
+    db: &Db,
+    id: &str,
+    status: &str,
+    error: &str,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    with_db!(db, pool => sqlx::query(
+        "update deliveries set status = $2, last_error = $3, updated_at = $4, lease_until = null \
+         where id = $1")
+        .bind(id).bind(status).bind(error).bind(now)
+        .execute(pool).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Gives up on a delivery: status `dead` and a dead letter with the reason,
+/// in one transaction.
+pub async fn mark_dead(
+    db: &Db,
+    d: &Delivery,
+    reason: &str,
+    error: &str,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    with_tx!(&mut tx, conn => sqlx::query(
+        "update deliveries set status = 'dead', last_error = $2, updated_at = $3, lease_until = null \
+         where id = $1")
+        .bind(&d.id).bind(error).bind(now).execute(conn).await.map(|r| r.rows_affected()))?;
+    let letter_id = ulid::Ulid::generate().to_string();
+    with_tx!(&mut tx, conn => sqlx::query(
+        "insert into dead_letters (id, tenant_id, delivery_id, kind, recipient, attempts, last_error, \
+            reason, dead_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+        .bind(&letter_id).bind(&d.tenant_id).bind(&d.id).bind(&d.kind).bind(&d.recipient)
+        .bind(d.attempts).bind(error).bind(reason).bind(now)
+        .execute(conn).await.map(|r| r.rows_affected()))?;
+    tx.commit().await
+}
+
+/// Deliveries the queue seems to have lost: due for a while but still
+/// `queued`/`retrying` (a crash between commit and push), or `sending` with
+/// an expired lease (a worker killed mid-send).
+pub async fn overdue(
+    db: &Db,
+    now: Timestamp,
+    grace_seconds: i64,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> = with_db!(db, pool => sqlx::query_as(
+        "select id from deliveries \
+         where (status in ('queued', 'retrying') and next_attempt_at < $2) \
+            or (status = 'sending' and lease_until < $1) \
+         order by next_attempt_at limit $3")
+        .bind(now).bind(now.plus_seconds(-grace_seconds)).bind(limit).fetch_all(pool).await)?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
 }

@@ -14,6 +14,8 @@
 
 pub mod db;
 pub mod deliveries;
+pub mod engine;
+pub mod queue;
 pub mod render;
 pub mod sink;
-pub mod queue;
+pub mod transport;

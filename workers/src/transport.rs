@@ -1,0 +1,196 @@
+//! How messages leave: a pooled lettre SMTP transport per service provider
+//! (cached, rebuilt when the provider changes), or `.eml` files for demos,
+//! and the classification of every failure as transient or permanent.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+/// How a provider's connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// STARTTLS upgrade (required; usually port 587).
+    Starttls,
+    /// Implicit TLS (usually port 465).
+    Tls,
+    /// Plain text, for a relay on the same host or network only.
+    None,
+}
+
+impl Security {
+    /// Parses the stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "starttls" => Some(Self::Starttls),
+            "tls" => Some(Self::Tls),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+}
+
+/// One SMTP service provider, with its password opened in memory only.
+#[derive(Clone)]
+pub struct SmtpProvider {
+    /// Changes whenever the provider's settings change (tenant, id, update
+    /// time): the transport cache is keyed by it.
+    pub key: String,
+    /// Server host.
+    pub host: String,
+    /// Server port.
+    pub port: u16,
+    /// Connection security.
+    pub security: Security,
+    /// SMTP AUTH user.
+    pub username: Option<String>,
+    /// SMTP AUTH password (never logged: `Debug` hides it).
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SmtpProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpProvider")
+            .field("key", &self.key)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// Where messages go.
+#[derive(Debug, Clone)]
+pub enum MailMode {
+    /// Each provider's SMTP server.
+    Smtp,
+    /// `.eml` files in this directory.
+    Files(PathBuf),
+}
+
+/// What happened to a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Worth another attempt (4xx, timeouts, refused or reset connections).
+    Transient(String),
+    /// Will never succeed (5xx, rejected recipient, bad address).
+    Permanent(String),
+    /// The server refused our credentials (535): the provider is broken,
+    /// not the message.
+    AuthFailed(String),
+}
+
+/// Classifies a lettre SMTP error. The text keeps the server's reply but
+/// never the message or the credentials.
+pub fn classify(error: &lettre::transport::smtp::Error) -> SendError {
+    let text = error.to_string();
+    match error.status().map(u16::from) {
+        Some(535) => SendError::AuthFailed(text),
+        Some(_) if error.is_permanent() => SendError::Permanent(text),
+        Some(_) => SendError::Transient(text),
+        None if error.is_client() => SendError::Permanent(text),
+        None => SendError::Transient(text),
+    }
+}
+
+/// The transports, built once per provider version and shared by all sends.
+#[derive(Clone)]
+pub struct Transports {
+    mode: MailMode,
+    timeout: Duration,
+    pool_size: u32,
+    cache: Arc<Mutex<HashMap<String, AsyncSmtpTransport<Tokio1Executor>>>>,
+}
+
+impl Transports {
+    /// Transports with an SMTP command timeout and a connection pool of
+    /// `pool_size` per provider.
+    pub fn new(mode: MailMode, timeout: Duration, pool_size: u32) -> Self {
+        Self {
+            mode,
+            timeout,
+            pool_size: pool_size.max(1),
+            cache: Arc::default(),
+        }
+    }
+
+    fn smtp(
+        &self,
+        provider: &SmtpProvider,
+    ) -> Result<AsyncSmtpTransport<Tokio1Executor>, SendError> {
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(transport) = cache.get(&provider.key) {
+            return Ok(transport.clone());
+        }
+        let builder = match provider.security {
+            Security::Starttls => {
+                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&provider.host)
+            }
+            Security::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&provider.host),
+            Security::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+                &provider.host,
+            )),
+        }
+        .map_err(|e| {
+            SendError::Permanent(format!("cannot configure TLS for {}: {e}", provider.host))
+        })?;
+        let mut builder = builder
+            .port(provider.port)
+            .timeout(Some(self.timeout))
+            .pool_config(PoolConfig::new().max_size(self.pool_size));
+        if let (Some(user), Some(password)) = (&provider.username, &provider.password) {
+            builder = builder
+                .credentials(Credentials::new(user.clone(), password.clone()))
+                .authentication(vec![Mechanism::Plain, Mechanism::Login]);
+        }
+        let transport = builder.build();
+        // An older version of this provider is dropped with its pool.
+        let prefix = provider
+            .key
+            .rsplit_once('@')
+            .map_or(provider.key.as_str(), |(p, _)| p);
+        cache.retain(|key, _| !key.starts_with(prefix));
+        cache.insert(provider.key.clone(), transport.clone());
+        Ok(transport)
+    }
+
+    /// Sends a message; returns the server's reply (or the file's name).
+    pub async fn send(
+        &self,
+        provider: &SmtpProvider,
+        message: Message,
+    ) -> Result<String, SendError> {
+        match &self.mode {
+            MailMode::Files(dir) => {
+                tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                    SendError::Transient(format!("cannot create {}: {e}", dir.display()))
+                })?;
+                let id = AsyncFileTransport::<Tokio1Executor>::new(dir)
+                    .send(message)
+                    .await
+                    .map_err(|e| {
+                        SendError::Transient(format!("cannot write the .eml file: {e}"))
+                    })?;
+                Ok(format!("file {id}.eml"))
+            }
+            MailMode::Smtp => {
+                let response = self
+                    .smtp(provider)?
+                    .send(message)
+                    .await
+                    .map_err(|e| classify(&e))?;
+                let lines: Vec<&str> = response.message().collect();
+                Ok(format!("{} {}", response.code(), lines.join(" ")))
+            }
+        }
+    }
+}
