@@ -109,6 +109,7 @@ pub fn engine(
     let config = EngineConfig {
         backoff_base: Duration::from_millis(settings.delivery.backoff_base_ms),
         backoff_cap: Duration::from_millis(settings.delivery.backoff_cap_ms),
+        lease_seconds: settings.delivery.lease_seconds,
         ..EngineConfig::default()
     };
     Ok(Engine::new(
@@ -249,6 +250,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     workers.await.context("the worker task failed")??;
     store.db().close().await;
     tracing::info!("email2fa stopped");
+    Ok(())
+}
+
+/// `email2fa ingress`: only the webhook ingress (no workers), for scaling
+/// the ingress apart from delivery. Emails queue up until a `worker` runs.
+pub async fn ingress(settings: Settings) -> anyhow::Result<()> {
+    let store = open_store(&settings).await?;
+    let queue = open_queue(&settings, &store).await?;
+    let server = start(Arc::new(settings), store.clone(), queue, shutdown_signal()).await?;
+    server.task.await.context("the server task failed")??;
+    store.db().close().await;
+    tracing::info!("email2fa ingress stopped");
     Ok(())
 }
 

@@ -86,6 +86,9 @@ pub struct DeliverySettings {
     pub smtp_timeout_seconds: u64,
     /// Seconds a shutdown waits for in-flight sends.
     pub shutdown_timeout_seconds: u64,
+    /// Seconds a claimed delivery belongs to its worker; after that (the
+    /// worker died mid-send) another may retry it.
+    pub lease_seconds: i64,
     /// Where per-tenant template overrides live (`{dir}/tenants/{tenant}/…`).
     pub templates_dir: PathBuf,
 }
@@ -168,6 +171,7 @@ impl Default for Settings {
                 concurrency: 16,
                 smtp_timeout_seconds: 15,
                 shutdown_timeout_seconds: 30,
+                lease_seconds: 90,
                 templates_dir: PathBuf::from("templates"),
             },
         }
@@ -269,6 +273,9 @@ impl Settings {
                 "EMAIL2FA_DELIVERY__MAX_ATTEMPTS",
                 "must be between 1 and 25",
             );
+        }
+        if self.delivery.lease_seconds < 2 {
+            return invalid("EMAIL2FA_DELIVERY__LEASE_SECONDS", "must be at least 2");
         }
         if self.delivery.concurrency == 0 {
             return invalid("EMAIL2FA_DELIVERY__CONCURRENCY", "must be at least 1");

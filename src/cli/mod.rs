@@ -28,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the webhook ingress and the delivery workers in one process.
     Serve,
+    /// Run only the webhook ingress (scale it apart from the workers).
+    Ingress,
     /// Run only the delivery workers (scale them apart from the ingress).
     Worker,
     /// Apply the database migrations and exit.
@@ -51,6 +53,7 @@ impl Cli {
     pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
         match self.command.unwrap_or(Command::Serve) {
             Command::Serve => crate::app::serve(settings).await,
+            Command::Ingress => crate::app::ingress(settings).await,
             Command::Worker => crate::app::work(settings).await,
             Command::Migrate => {
                 crate::app::open_store(&settings).await?;
