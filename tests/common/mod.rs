@@ -19,6 +19,17 @@ use std::time::Duration;
 use email2fa_workers::queue::Queue;
 pub use email2fa_workers::sink::{ReceivedMessage, SmtpSink};
 
+tokio::task_local! {
+    /// False inside [`ingress_only`]: the app runs without in-process workers.
+    static WITH_WORKERS: bool;
+}
+
+/// Builds a test app without in-process workers (for tests that run
+/// `email2fa worker` processes): `ingress_only(TestApp::postgres()).await`.
+pub async fn ingress_only<T>(build: impl std::future::Future<Output = T>) -> T {
+    WITH_WORKERS.scope(false, build).await
+}
+
 /// The tenant every test app starts with.
 pub const TENANT: &str = "acme";
 
@@ -328,21 +339,22 @@ impl TestApp {
             ulid::Ulid::generate().to_string().to_lowercase()
         );
         let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().to_path_buf();
         let (database, db_url) = match postgres_database_quiet().await {
             Some((admin_url, name, db_url)) => (
                 DbGuard::Postgres {
                     admin_url,
                     name,
-                    _dir: tempfile::tempdir().expect("dir"),
+                    _dir: dir,
                 },
                 db_url,
             ),
-            None => (
-                DbGuard::Sqlite(tempfile::tempdir().expect("dir")),
-                format!("sqlite://{}", dir.path().join("email2fa.db").display()),
-            ),
+            None => {
+                let db_url = format!("sqlite://{}", data_dir.join("email2fa.db").display());
+                (DbGuard::Sqlite(dir), db_url)
+            }
         };
-        let mut settings = test_settings(&db_url, dir.path());
+        let mut settings = test_settings(&db_url, &data_dir);
         settings.queue_url = Some(DatabaseUrl::from(url.as_str()));
         settings.queue_name = queue.clone();
         adjust(&mut settings);
@@ -366,7 +378,10 @@ impl TestApp {
         let queue = app::open_queue(&settings, &store).await.expect("queue");
         let engine = app::engine(&settings, &store, &queue).expect("engine");
         let (stop, shutdown) = app::Shutdown::new();
-        let workers = app::start_workers(&settings, engine, queue.clone(), shutdown.clone());
+        let workers = WITH_WORKERS
+            .try_with(|on| *on)
+            .unwrap_or(true)
+            .then(|| app::start_workers(&settings, engine, queue.clone(), shutdown.clone()));
         let server = app::start(
             Arc::new(settings.clone()),
             store.clone(),
@@ -384,7 +399,7 @@ impl TestApp {
             sink,
             queue,
             stop: Some(stop),
-            workers: Some(workers),
+            workers,
             _guard: guard,
         }
     }
