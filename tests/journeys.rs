@@ -78,6 +78,7 @@ on_both_backends!(
     send_new_code_invalidates_the_old_code_and_keeps_the_tries,
     wrong_codes_lock_the_challenge_for_good,
     twenty_simultaneous_verifications_of_the_right_code_verify_once,
+    racing_enrollment_verifications_create_one_factor,
     removing_the_factor_turns_2fa_off_and_notifies_the_address,
     the_toggles_and_require_decide_the_login,
     enrollment_is_refused_while_the_role_is_inactive,
@@ -560,4 +561,36 @@ async fn the_send_limits_and_the_lockout_answer_429(app: TestApp) {
         .post_signed("login.started", json!({"user": customer("c1")}))
         .await;
     login.assert_problem(429, "rate_limited");
+}
+
+async fn racing_enrollment_verifications_create_one_factor(app: TestApp) {
+    ready(&app).await;
+    let started = app
+        .post_signed(
+            "enrollment.started",
+            json!({"user": customer("c1"), "email": "c1@shop.example"}),
+        )
+        .await
+        .json();
+    let challenge = started["challenge_id"].as_str().expect("id").to_string();
+    let code = code_in(&app.mail_for("c1@shop.example", 1).await);
+    let app = Arc::new(app);
+    let calls = (0..10).map(|_| {
+        let app = app.clone();
+        let data = json!({"challenge_id": challenge, "code": code});
+        tokio::spawn(async move {
+            app.post_signed("enrollment.verify", data).await.json()["outcome"].clone()
+        })
+    });
+    let outcomes: Vec<Value> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| *o == "verified").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(app.count("select count(*) from factors").await, 1);
 }
