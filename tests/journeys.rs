@@ -79,6 +79,7 @@ on_both_backends!(
     wrong_codes_lock_the_challenge_for_good,
     twenty_simultaneous_verifications_of_the_right_code_verify_once,
     racing_enrollment_verifications_create_one_factor,
+    twenty_failures_across_challenges_pause_new_codes,
     removing_the_factor_turns_2fa_off_and_notifies_the_address,
     the_toggles_and_require_decide_the_login,
     enrollment_is_refused_while_the_role_is_inactive,
@@ -593,4 +594,95 @@ async fn racing_enrollment_verifications_create_one_factor(app: TestApp) {
         "{outcomes:?}"
     );
     assert_eq!(app.count("select count(*) from factors").await, 1);
+}
+
+async fn twenty_failures_across_challenges_pause_new_codes(app: TestApp) {
+    ready(&app).await;
+    app.post_signed("settings.updated", json!({"max_attempts": 10}))
+        .await;
+    enroll(&app, customer("c1"), Some("c1@shop.example"), 1).await;
+    for round in 0..2 {
+        let challenge = login_challenge(&app, customer("c1")).await;
+        let code = code_in(&app.mail_for("c1@shop.example", round + 2).await);
+        let wrong = if code.starts_with('9') {
+            format!("0{}", &code[1..])
+        } else {
+            format!("9{}", &code[1..])
+        };
+        for _ in 0..10 {
+            app.post_signed(
+                "login.verify",
+                json!({"challenge_id": challenge, "code": wrong}),
+            )
+            .await;
+        }
+    }
+    let paused = app
+        .post_signed("login.started", json!({"user": customer("c1")}))
+        .await;
+    let body = paused.assert_problem(429, "rate_limited");
+    assert!(
+        body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("20 wrong codes in a row")
+    );
+    let retry = body["retry_after"].as_u64().expect("retry_after");
+    assert!((850..=900).contains(&retry), "about 15 minutes: {retry}");
+}
+
+/// Two ingress instances (two pools, as two processes would have) on one
+/// PostgreSQL database: the per-user limit holds across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_limit_holds_across_two_ingress_processes_sharing_postgres() {
+    let Some(app) = TestApp::postgres().await else {
+        return;
+    };
+    ready(&app).await;
+    enroll(&app, customer("c1"), Some("c1@shop.example"), 1).await;
+    let other_store = email2fa::app::open_store(&app.settings)
+        .await
+        .expect("second pool");
+    let other = email2fa::app::start(
+        Arc::new(app.settings.clone()),
+        other_store,
+        app.queue.clone(),
+        std::future::pending(),
+    )
+    .await
+    .expect("second ingress");
+    let bases = [app.base.clone(), format!("http://{}", other.addr)];
+    let app = Arc::new(app);
+    let calls = (0..20).map(|i| {
+        let app = app.clone();
+        let base = bases[i % 2].clone();
+        tokio::spawn(async move {
+            let body = TestApp::envelope("login.started", json!({"user": customer("c1")}));
+            let id = format!("msg_{}", ulid::Ulid::generate());
+            let ts = chrono::Utc::now().timestamp();
+            let signature = app.signature(&id, ts, &body);
+            app.client
+                .post(format!("{base}/v1/webhooks/{}", common::TENANT))
+                .header("webhook-id", id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .expect("post")
+                .status()
+                .as_u16()
+        })
+    });
+    let statuses: Vec<u16> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    let accepted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        accepted, 4,
+        "5 codes per user, one went to the enrollment: {statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 16);
 }
