@@ -181,6 +181,37 @@ async fn an_admin_enrolls_with_the_account_address(app: TestApp) {
     let text = String::from_utf8_lossy(&mail.data);
     assert!(text.contains("multipart/alternative"));
     assert!(text.contains("Auto-Submitted: auto-generated"));
+
+    // The admin logs in with a code and trusts the browser.
+    let challenge = login_challenge(&app, admin("a1")).await;
+    let code = code_in(&app.mail_for("a1@admin.example", 2).await);
+    let verified = app
+        .post_signed(
+            "login.verify",
+            json!({"challenge_id": challenge, "code": code, "trust_device": true}),
+        )
+        .await
+        .json();
+    let token = verified["trust_token"].as_str().expect("token").to_string();
+    let trusted = app
+        .post_signed(
+            "login.started",
+            json!({"user": admin("a1"), "trust_token": token}),
+        )
+        .await
+        .json();
+    assert_eq!(trusted["reason"], "trusted_device");
+    // Once the trust expires, the browser gets a code again.
+    email2fa_workers::with_db!(app.store.db(), pool => sqlx::query("update trusted_devices set expires_at = $1")
+        .bind(email2fa::store::Timestamp::now().plus_seconds(-1)).execute(pool).await.map(drop)).expect("expire");
+    let expired = app
+        .post_signed(
+            "login.started",
+            json!({"user": admin("a1"), "trust_token": token}),
+        )
+        .await
+        .json();
+    assert_eq!(expired["decision"], "challenge");
 }
 
 async fn a_login_code_and_trust_this_device(app: TestApp) {
