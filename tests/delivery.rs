@@ -37,6 +37,8 @@ on_every_queue!(
     a_550_goes_straight_to_the_dead_letters,
     an_smtp_outage_of_a_few_seconds_delays_but_loses_nothing,
     no_code_rests_in_the_queue_the_deliveries_or_the_challenges,
+    a_changed_provider_takes_effect_for_the_next_email,
+    rejected_credentials_wait_the_longest_delay_instead_of_burning_attempts,
 );
 
 async fn a_message_refused_twice_with_451_arrives_on_the_third_attempt(app: TestApp) {
@@ -154,4 +156,53 @@ async fn no_code_rests_in_the_queue_the_deliveries_or_the_challenges(app: TestAp
         "the dump includes the deliveries"
     );
     assert!(!stored.contains(&code), "the code rests nowhere");
+}
+
+async fn a_changed_provider_takes_effect_for_the_next_email(app: TestApp) {
+    ready(&app).await;
+    let (_, first) = start_enrollment(&app, "u1").await;
+    assert_eq!(app.wait_delivery(&first, "sent").await, "sent");
+    let other = email2fa_workers::sink::SmtpSink::start()
+        .await
+        .expect("sink");
+    let moved = app
+        .post_signed("service_provider.upserted", json!({"id": "p1", "title": "Moved", "kind": "smtp",
+            "smtp": {"host": "127.0.0.1", "port": other.port(), "security": "none", "from_address": "shop@acme.example"}}))
+        .await;
+    assert_eq!(moved.status, 200);
+    let (_, second) = start_enrollment(&app, "u2").await;
+    assert_eq!(app.wait_delivery(&second, "sent").await, "sent");
+    assert_eq!(other.count(), 1, "the new server got the second email");
+    assert_eq!(app.sink.count(), 1, "the old one only the first");
+}
+
+async fn rejected_credentials_wait_the_longest_delay_instead_of_burning_attempts(app: TestApp) {
+    ready(&app).await;
+    app.sink.require_auth("shop", "right-password");
+    let upsert = app
+        .post_signed("service_provider.upserted", json!({"id": "p1", "title": "Sink", "kind": "smtp",
+            "smtp": {"host": "127.0.0.1", "port": app.sink.port(), "security": "none",
+                     "username": "shop", "password": "wrong-password", "from_address": "shop@acme.example"}}))
+        .await;
+    assert_eq!(upsert.status, 200);
+    let (_, delivery) = start_enrollment(&app, "u1").await;
+    assert_eq!(app.wait_delivery(&delivery, "retrying").await, "retrying");
+    let (next, error): (email2fa::store::Timestamp, Option<String>) = email2fa_workers::with_db!(app.store.db(), pool => sqlx::query_as(
+        "select next_attempt_at, last_error from deliveries where id = $1").bind(&delivery).fetch_one(pool).await.expect("row"));
+    assert!(error.expect("error").contains("535"));
+    let wait = next.unix_seconds() - email2fa::store::Timestamp::now().unix_seconds();
+    assert!(
+        wait >= 50,
+        "the next attempt waits the cap (60 s), not 2 s: {wait}"
+    );
+    assert_eq!(attempts_and_status(&app, &delivery).await.0, 1);
+    // Fixing the password lets the next email through at once.
+    let fixed = app
+        .post_signed("service_provider.upserted", json!({"id": "p1", "title": "Sink", "kind": "smtp",
+            "smtp": {"host": "127.0.0.1", "port": app.sink.port(), "security": "none",
+                     "username": "shop", "password": "right-password", "from_address": "shop@acme.example"}}))
+        .await;
+    assert_eq!(fixed.status, 200);
+    let (_, next_delivery) = start_enrollment(&app, "u2").await;
+    assert_eq!(app.wait_delivery(&next_delivery, "sent").await, "sent");
 }
