@@ -131,7 +131,7 @@ pub async fn user_status(
         .await?;
     let trusted_devices = ctx
         .store
-        .active_trusted_devices(ctx.tenant_id, &event.user_id, Timestamp::now())
+        .active_trusted_devices(ctx.tx, ctx.tenant_id, &event.user_id, Timestamp::now())
         .await?;
     Ok(StatusAnswer {
         factors,

@@ -1,6 +1,6 @@
 //! Factors (a user's enrolled email address) and trusted devices.
 
-use email2fa_workers::{with_db, with_tx};
+use email2fa_workers::with_tx;
 
 use super::{Store, StoreResult, Timestamp, Tx};
 
@@ -158,6 +158,7 @@ impl Store {
     /// A user's live trusted devices, newest first.
     pub async fn active_trusted_devices(
         &self,
+        tx: &mut Tx,
         tenant_id: &str,
         user_id: &str,
         now: Timestamp,
@@ -166,9 +167,7 @@ impl Store {
             "select {DEVICE_COLUMNS} from trusted_devices where tenant_id = $1 and user_id = $2 \
              and revoked_at is null and expires_at > $3 order by created_at desc, id desc"
         ));
-        Ok(
-            with_db!(&self.db, pool => sqlx::query_as(sql).bind(tenant_id).bind(user_id).bind(now)
-            .fetch_all(pool).await)?,
-        )
+        Ok(with_tx!(tx, conn => sqlx::query_as(sql).bind(tenant_id).bind(user_id).bind(now)
+            .fetch_all(conn).await)?)
     }
 }

@@ -47,15 +47,15 @@
 //!
 //! **Orphans (a worker killed mid-job).** Every worker heartbeats every
 //! [`HEARTBEAT_INTERVAL`] (5 s); a worker not seen for
-//! [`HEARTBEAT_INTERVAL`] × [`MISSED_HEARTBEATS`] (15 s) counts as dead and
+//! [`HEARTBEAT_INTERVAL`] × [`MISSED_HEARTBEATS`] (30 s) counts as dead and
 //! the jobs it had fetched or started go back to the queue (SQL: `Queued` or
 //! `Running` rows back to `Pending`; Redis: its in-flight set back on the
 //! active list). The recovery runs inside the heartbeat of a *live* worker of
 //! the same queue (SQLite: other workers only; PostgreSQL and Redis: any
 //! worker; PostgreSQL also when a worker registers), so an orphan runs again
-//! 15 to 20 s after the dead worker's last heartbeat, i.e. at most 20 s after
+//! 30 to 35 s after the dead worker's last heartbeat, i.e. at most 35 s after
 //! the kill, provided some worker of the queue runs (a restarted process has
-//! a new worker name, so it counts as another worker). Measured: about 15 s
+//! a new worker name, so it counts as another worker). Measured (with 15 s before): about 15 s
 //! on all three. apalis's defaults would take 60 s on SQLite and 300 s on
 //! PostgreSQL and Redis; a shorter heartbeat risks declaring a busy but live
 //! worker dead. What `max_attempts` means: the SQL backends compare it only
@@ -122,8 +122,12 @@ pub const QUEUE_NAME: &str = "emails";
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How many heartbeats a worker may miss before its jobs count as orphaned
-/// and are put back in the queue (15 s with [`HEARTBEAT_INTERVAL`]).
-pub const MISSED_HEARTBEATS: usize = 3;
+/// and are put back in the queue (30 s with [`HEARTBEAT_INTERVAL`]). Generous
+/// on purpose: a live worker on a loaded machine whose heartbeat runs late
+/// must not be declared dead (on Redis that also drops its registration, and
+/// its fetches fail until it restarts). The engine's outbox sweep re-pushes
+/// a killed worker's unfinished deliveries sooner (after their lease).
+pub const MISSED_HEARTBEATS: usize = 6;
 
 /// `max_attempts` of every pushed task (apalis's default, set explicitly).
 pub const MAX_ATTEMPTS: usize = 25;

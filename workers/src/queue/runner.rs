@@ -20,7 +20,7 @@ use super::{Backend, EmailJob, Queue, QueueError, Wakeups, postgres, sqlite};
 /// The first wait before a failed worker is started again; it doubles up to
 /// [`RESTART_DELAY_MAX`] while the backend keeps failing.
 const RESTART_DELAY_MIN: Duration = Duration::from_secs(1);
-const RESTART_DELAY_MAX: Duration = Duration::from_secs(30);
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
 /// A worker that ran this long before failing starts again after
 /// [`RESTART_DELAY_MIN`].
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
@@ -63,7 +63,7 @@ impl Default for WorkerConfig {
 /// runtime's threads; a panic is caught there and the task is recorded as
 /// killed (not retried). When the backend fails (the database or Redis went
 /// away), the worker is started again under a new name after a delay that
-/// doubles up to 30 s, once the handlers it left have finished. Returns
+/// doubles up to 5 s, once the handlers it left have finished. Returns
 /// [`QueueError::Unavailable`] only when the queue cannot be reached at start.
 pub async fn run_workers<H, Fut>(
     queue: Queue,
@@ -83,7 +83,9 @@ where
         let started = Instant::now();
         run_worker(&queue, &config, &handler, &in_flight, shutdown.clone()).await;
         if shutdown.peek().is_some() {
-            // What still runs was cut off by the shutdown timeout.
+            // The monitor stopped fetching; let the handlers it started
+            // finish (up to the timeout) before cutting off what still runs.
+            let _ = tokio::time::timeout(config.shutdown_timeout, in_flight.idle()).await;
             in_flight.abort_all();
             return Ok(());
         }

@@ -554,7 +554,7 @@ async fn a_job_orphaned_by_a_killed_worker_runs_again(h: Harness) {
     killed.kill();
     let recorder = Recorder::default();
     let runner = start_runner(h.connect_again().await, 2, recorder.handler(Duration::ZERO));
-    wait_until("the orphan to run again", Duration::from_secs(45), || {
+    wait_until("the orphan to run again", Duration::from_secs(75), || {
         recorder.runs("orphan") == 1
     })
     .await;
@@ -563,7 +563,7 @@ async fn a_job_orphaned_by_a_killed_worker_runs_again(h: Harness) {
         "{:?}: the orphan ran again {delay:?} after its worker was killed",
         h.kind
     );
-    assert!(delay < Duration::from_secs(30), "{delay:?}");
+    assert!(delay < Duration::from_secs(50), "{delay:?}");
     runner.stop().await.expect("a clean stop");
 }
 
