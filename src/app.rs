@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::crypto::{self, MasterKey};
 use crate::delivery::ServiceSource;
+use crate::http::ops::{OpsConfig, UnhealthyProviders};
 use crate::http::{self, AppState};
 use crate::settings::{MailTransport, Settings};
 use crate::store::{Db, PoolConfig, Store, Timestamp};
@@ -180,11 +181,31 @@ pub struct RunningServer {
     pub task: JoinHandle<std::io::Result<()>>,
 }
 
-/// Binds the listener and serves until `shutdown` resolves.
+/// Binds the listener and serves until `shutdown` resolves (without
+/// provider health on the dashboard: see [`start_with_engine`]).
 pub async fn start(
     settings: Arc<Settings>,
     store: Store,
     queue: Queue,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningServer> {
+    start_with_engine(settings, store, queue, None, shutdown).await
+}
+
+/// What the dashboard asks this process's engine: the providers that
+/// reject our credentials.
+pub fn provider_health(engine: &Engine<ServiceSource>) -> UnhealthyProviders {
+    let engine = engine.clone();
+    Arc::new(move || engine.unhealthy_providers())
+}
+
+/// Binds the listener and serves until `shutdown` resolves; `/ops` shows the
+/// provider health of `engine` when this process runs workers.
+pub async fn start_with_engine(
+    settings: Arc<Settings>,
+    store: Store,
+    queue: Queue,
+    engine: Option<UnhealthyProviders>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningServer> {
     let listener = TcpListener::bind(settings.listen)
@@ -196,8 +217,13 @@ pub async fn start(
         webhook: Arc::new(settings.webhook.clone()),
         domain: Arc::new(crate::domain::DomainConfig::from_settings(&settings)),
         queue,
+        ops: Arc::new(OpsConfig {
+            token: settings.ops_token.clone(),
+            unhealthy_providers: engine,
+        }),
     };
     spawn_receipt_pruning(store.clone(), settings.webhook.idempotency_hours);
+    crate::metrics::spawn_refresh(store.db().clone());
     let app = http::router(state);
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -210,6 +236,11 @@ pub async fn start(
         backend = store.db().backend_name(),
         "email2fa listening on http://{addr}"
     );
+    if settings.ops_token.is_some() {
+        tracing::info!("operations API and dashboard on http://{addr}/ops (ops token required)");
+    } else {
+        tracing::info!("the operations API (/ops) is off: set EMAIL2FA_OPS_TOKEN to turn it on");
+    }
     Ok(RunningServer { addr, store, task })
 }
 
@@ -241,9 +272,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let queue = open_queue(&settings, &store).await?;
     let engine = engine(&settings, &store, &queue)?;
+    let health = provider_health(&engine);
     let (stop, shutdown) = Shutdown::new();
     let workers = start_workers(&settings, engine, queue.clone(), shutdown.clone());
-    let server = start(Arc::new(settings), store.clone(), queue, shutdown.wait()).await?;
+    let settings = Arc::new(settings);
+    let server = start_with_engine(
+        settings,
+        store.clone(),
+        queue,
+        Some(health),
+        shutdown.wait(),
+    )
+    .await?;
     shutdown_signal().await;
     let _ = stop.send(true);
     server.task.await.context("the server task failed")??;

@@ -1,9 +1,11 @@
-//! The HTTP server: the webhook ingress, health checks and the OpenAPI
-//! document, with a request span (request id, tenant, event type) around
-//! every call.
+//! The HTTP server: the webhook ingress, health checks, metrics, the
+//! operations API and dashboard, and the OpenAPI document, with a request
+//! span (request id, tenant, event type) around every call.
 
 mod health;
-mod openapi;
+mod metrics;
+pub mod openapi;
+pub mod ops;
 pub mod problem;
 mod webhooks;
 
@@ -40,6 +42,8 @@ pub struct AppState {
     pub domain: Arc<DomainConfig>,
     /// Where email jobs go.
     pub queue: Queue,
+    /// The ops token and what `/ops` shows of the engine.
+    pub ops: Arc<ops::OpsConfig>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -63,6 +67,13 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::receive))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(ops::dashboard::dashboard))
+        .routes(routes!(ops::api::queue))
+        .routes(routes!(ops::api::dead_letters))
+        .routes(routes!(ops::api::resend_bulk))
+        .routes(routes!(ops::api::resend))
+        .routes(routes!(ops::api::discard))
         .split_for_parts()
 }
 

@@ -242,12 +242,14 @@ impl TestApp {
         let sink = SmtpSink::start().await.expect("smtp sink");
         let queue = app::open_queue(&settings, &store).await.expect("queue");
         let engine = app::engine(&settings, &store, &queue).expect("engine");
+        let health = app::provider_health(&engine);
         let (stop, shutdown) = app::Shutdown::new();
         let workers = app::start_workers(&settings, engine, queue.clone(), shutdown.clone());
-        let server = app::start(
+        let server = app::start_with_engine(
             Arc::new(settings.clone()),
             store.clone(),
             queue.clone(),
+            Some(health),
             shutdown.wait(),
         )
         .await
