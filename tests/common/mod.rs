@@ -3,6 +3,7 @@
 //! `EMAIL2FA_TEST_DATABASE_URL` is set) and typed helpers per call.
 #![allow(dead_code)]
 
+pub mod ops;
 pub mod process;
 
 use std::sync::Arc;
