@@ -244,6 +244,26 @@ pub async fn start_with_engine(
     Ok(RunningServer { addr, store, task })
 }
 
+/// Serves `/metrics` alone on `EMAIL2FA_METRICS_LISTEN`, when set, and keeps
+/// the queue gauges fresh (a `worker` process has no other listener).
+pub async fn start_metrics_listener(settings: &Settings, store: &Store) -> anyhow::Result<()> {
+    let Some(addr) = settings.metrics_listen else {
+        return Ok(());
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to listen on {addr} (EMAIL2FA_METRICS_LISTEN)"))?;
+    let addr = listener.local_addr()?;
+    crate::metrics::spawn_refresh(store.db().clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, http::metrics_router()).await {
+            tracing::error!(%error, "the metrics listener failed");
+        }
+    });
+    tracing::info!("Prometheus metrics on http://{addr}/metrics");
+    Ok(())
+}
+
 /// Forgets idempotency receipts older than the retention, every 10 minutes.
 fn spawn_receipt_pruning(store: Store, hours: i64) {
     tokio::spawn(async move {
@@ -271,6 +291,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         println!("{secret}");
     }
     let queue = open_queue(&settings, &store).await?;
+    start_metrics_listener(&settings, &store).await?;
     let engine = engine(&settings, &store, &queue)?;
     let health = provider_health(&engine);
     let (stop, shutdown) = Shutdown::new();
@@ -298,6 +319,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 pub async fn ingress(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
     let queue = open_queue(&settings, &store).await?;
+    start_metrics_listener(&settings, &store).await?;
     let server = start(Arc::new(settings), store.clone(), queue, shutdown_signal()).await?;
     server.task.await.context("the server task failed")??;
     store.db().close().await;
@@ -310,6 +332,7 @@ pub async fn ingress(settings: Settings) -> anyhow::Result<()> {
 pub async fn work(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
     let queue = open_queue(&settings, &store).await?;
+    start_metrics_listener(&settings, &store).await?;
     let engine = engine(&settings, &store, &queue)?;
     let (stop, shutdown) = Shutdown::new();
     let workers = start_workers(&settings, engine, queue, shutdown);

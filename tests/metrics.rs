@@ -133,3 +133,49 @@ async fn metrics_parse_as_prometheus_text_and_count_the_traffic() {
         "metrics carry their HELP"
     );
 }
+
+#[test]
+fn a_worker_process_serves_its_metrics_on_the_metrics_listener() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child =
+        common::process::email2fa(dir.path(), &[("EMAIL2FA_METRICS_LISTEN", "127.0.0.1:0")])
+            .arg("worker")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn email2fa worker");
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut url = None;
+    for line in stderr.lines().map_while(Result::ok) {
+        if let Some(at) = line.find("metrics on http://") {
+            let rest = &line[at + "metrics on ".len()..];
+            url = Some(
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_matches('"')
+                    .to_string(),
+            );
+            break;
+        }
+    }
+    let url = url.expect("the worker logs its metrics address");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = reqwest::blocking::get(&url)
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        if text.contains("email2fa_queue_depth") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains("email2fa_queue_depth{state=\"pending\"} 0"),
+        "{text}"
+    );
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus exposition");
+}

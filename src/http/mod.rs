@@ -77,6 +77,11 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
+/// Only `GET /metrics`, for [`crate::settings::Settings::metrics_listen`].
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", axum::routing::get(metrics::metrics))
+}
+
 /// The complete application: routes, state, request ids and request spans.
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = api();
