@@ -320,3 +320,25 @@ async fn with_no_token_configured_every_ops_path_is_404() {
         "the rest still serves"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_the_ops_routes_and_their_security() {
+    let app = TestApp::sqlite().await;
+    let doc = app.get("/openapi.json").await.json();
+    for path in [
+        "/ops",
+        "/ops/queue",
+        "/ops/dead-letters",
+        "/ops/dead-letters/resend",
+        "/ops/dead-letters/{id}/resend",
+        "/ops/dead-letters/{id}",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["ops_bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["ops_basic"]["scheme"], "basic");
+    assert!(doc["paths"]["/ops/queue"]["get"]["security"].is_array());
+    assert!(doc["paths"]["/ops/dead-letters/{id}"]["delete"].is_object());
+}

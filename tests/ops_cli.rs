@@ -74,3 +74,22 @@ async fn the_cli_lists_resends_and_discards_dead_letters_like_the_api() {
         "a resolved letter cannot be discarded twice"
     );
 }
+
+#[test]
+fn without_a_token_the_service_says_at_start_up_that_the_ops_api_is_off() {
+    let wait_for = |service: &common::process::Service, text: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !service.output().contains(text) {
+            assert!(std::time::Instant::now() < deadline, "{}", service.output());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let off = common::process::Service::start(dir.path(), &[]);
+    wait_for(&off, "operations API (/ops) is off");
+    let with_token = tempfile::tempdir().expect("dir");
+    let token = "a-token-of-enough-length";
+    let on = common::process::Service::start(with_token.path(), &[("EMAIL2FA_OPS_TOKEN", token)]);
+    wait_for(&on, "/ops (ops token required)");
+    assert!(!on.output().contains(token), "the token never prints");
+}
