@@ -85,7 +85,8 @@ pub async fn open_queue(settings: &Settings, store: &Store) -> anyhow::Result<Qu
     };
     let queue = Queue::connect(target)
         .await
-        .context("failed to connect to the queue")?;
+        .context("failed to connect to the queue")?
+        .renamed(&settings.queue_name);
     queue.setup().await.context("failed to set up the queue")?;
     Ok(queue)
 }

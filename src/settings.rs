@@ -25,6 +25,9 @@ pub struct Settings {
     pub database_url: DatabaseUrl,
     /// `EMAIL2FA_QUEUE_URL`: the queue; unset means the database itself.
     pub queue_url: Option<DatabaseUrl>,
+    /// `EMAIL2FA_QUEUE_NAME`: the apalis queue name (default `emails`); give
+    /// each installation sharing one Redis server its own.
+    pub queue_name: String,
     /// `EMAIL2FA_MASTER_KEY`: base64 of 32 bytes; generated into
     /// `{data_dir}/master.key` in the embedded default when unset.
     #[serde(serialize_with = "serialize_redacted")]
@@ -144,6 +147,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: DatabaseUrl::from("sqlite://data/email2fa.db"),
             queue_url: None,
+            queue_name: "emails".into(),
             master_key: None,
             ops_token: None,
             metrics_listen: None,
@@ -239,6 +243,17 @@ impl Settings {
             return invalid(
                 "EMAIL2FA_QUEUE_URL",
                 "must be redis://… or rediss://…, or unset to use the database as the queue",
+            );
+        }
+        let name_ok = (1..=64).contains(&self.queue_name.len())
+            && self
+                .queue_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            return invalid(
+                "EMAIL2FA_QUEUE_NAME",
+                "must be 1 to 64 letters, digits, '-', '_' or '.'",
             );
         }
         if !(1..=3600).contains(&self.webhook.tolerance_seconds) {

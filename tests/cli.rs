@@ -265,3 +265,106 @@ fn no_secret_reaches_any_log_line_at_any_level() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_code_or_trust_token_reaches_any_log_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let sink = common::SmtpSink::start().await.expect("sink");
+    let master_key = common::random_master_key();
+    let env = [
+        ("EMAIL2FA_MASTER_KEY", master_key.as_str()),
+        ("EMAIL2FA_LOG_FORMAT", "json"),
+        ("RUST_LOG", "trace"),
+    ];
+    let created = run(dir.path(), &env, &["tenant", "create", "shop"]);
+    let secret = stdout(&created).lines().last().expect("secret").to_string();
+    let key = email2fa::crypto::decode_signing_secret(&secret).expect("key");
+    let mut service = Service::start(dir.path(), &env);
+    let client = reqwest::Client::new();
+    let post = |event_type: &'static str, data: serde_json::Value| {
+        let body = serde_json::to_vec(&json!({"type": event_type, "data": data})).expect("json");
+        let ts = chrono::Utc::now().timestamp();
+        let id = format!("msg_{}", ulid::Ulid::generate());
+        let signature = email2fa::signature::sign(&key, &id, ts, &body);
+        client
+            .post(format!("{}/v1/webhooks/shop", service.base))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+    };
+    let ok = |r: reqwest::Response| async move {
+        assert!(r.status().is_success(), "{}", r.status());
+        r.json::<serde_json::Value>().await.expect("json")
+    };
+    ok(post("service_provider.upserted", json!({"id": "p1", "title": "Sink", "kind": "smtp",
+        "smtp": {"host": "127.0.0.1", "port": sink.port(), "security": "none", "from_address": "shop@acme.example"}})).await.expect("post")).await;
+    ok(post(
+        "secondary_auth_provider.upserted",
+        json!({"id": "s1", "title": "Codes", "service_provider_id": "p1"}),
+    )
+    .await
+    .expect("post"))
+    .await;
+    ok(
+        post("settings.updated", json!({"customer_2fa_allowed": true}))
+            .await
+            .expect("post"),
+    )
+    .await;
+    let user = json!({"id": "u1", "role": "customer", "email": "u1@shop.example"});
+    let started = ok(post(
+        "enrollment.started",
+        json!({"user": user, "email": "u1@shop.example"}),
+    )
+    .await
+    .expect("post"))
+    .await;
+    let mut codes = vec![common::code_in(
+        &sink.wait_for(1, std::time::Duration::from_secs(20)).await[0],
+    )];
+    let verified = ok(post(
+        "enrollment.verify",
+        json!({"challenge_id": started["challenge_id"], "code": codes[0]}),
+    )
+    .await
+    .expect("post"))
+    .await;
+    assert_eq!(verified["outcome"], "verified");
+    let login = ok(post("login.started", json!({"user": user}))
+        .await
+        .expect("post"))
+    .await;
+    codes.push(common::code_in(
+        &sink.wait_for(2, std::time::Duration::from_secs(20)).await[1],
+    ));
+    let trusted = ok(post(
+        "login.verify",
+        json!({"challenge_id": login["challenge_id"], "code": codes[1], "trust_device": true}),
+    )
+    .await
+    .expect("post"))
+    .await;
+    let token = trusted["trust_token"].as_str().expect("token").to_string();
+    ok(
+        post("login.started", json!({"user": user, "trust_token": token}))
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert!(service.stop().success());
+    let logs = format!("{}{}", service.output(), stderr(&created));
+    assert!(logs.contains("email sent"), "the sends were logged");
+    for code in &codes {
+        assert!(!logs.contains(code.as_str()), "a code appeared in the logs");
+    }
+    assert!(
+        !logs.contains(&token),
+        "the trust token appeared in the logs"
+    );
+    assert!(
+        !logs.contains(&token["e2fa_td_".len()..]),
+        "the trust token's body appeared in the logs"
+    );
+}

@@ -78,6 +78,8 @@ on_both_backends!(
     send_new_code_invalidates_the_old_code_and_keeps_the_tries,
     wrong_codes_lock_the_challenge_for_good,
     twenty_simultaneous_verifications_of_the_right_code_verify_once,
+    racing_enrollment_verifications_create_one_factor,
+    twenty_failures_across_challenges_pause_new_codes,
     removing_the_factor_turns_2fa_off_and_notifies_the_address,
     the_toggles_and_require_decide_the_login,
     enrollment_is_refused_while_the_role_is_inactive,
@@ -179,6 +181,37 @@ async fn an_admin_enrolls_with_the_account_address(app: TestApp) {
     let text = String::from_utf8_lossy(&mail.data);
     assert!(text.contains("multipart/alternative"));
     assert!(text.contains("Auto-Submitted: auto-generated"));
+
+    // The admin logs in with a code and trusts the browser.
+    let challenge = login_challenge(&app, admin("a1")).await;
+    let code = code_in(&app.mail_for("a1@admin.example", 2).await);
+    let verified = app
+        .post_signed(
+            "login.verify",
+            json!({"challenge_id": challenge, "code": code, "trust_device": true}),
+        )
+        .await
+        .json();
+    let token = verified["trust_token"].as_str().expect("token").to_string();
+    let trusted = app
+        .post_signed(
+            "login.started",
+            json!({"user": admin("a1"), "trust_token": token}),
+        )
+        .await
+        .json();
+    assert_eq!(trusted["reason"], "trusted_device");
+    // Once the trust expires, the browser gets a code again.
+    email2fa_workers::with_db!(app.store.db(), pool => sqlx::query("update trusted_devices set expires_at = $1")
+        .bind(email2fa::store::Timestamp::now().plus_seconds(-1)).execute(pool).await.map(drop)).expect("expire");
+    let expired = app
+        .post_signed(
+            "login.started",
+            json!({"user": admin("a1"), "trust_token": token}),
+        )
+        .await
+        .json();
+    assert_eq!(expired["decision"], "challenge");
 }
 
 async fn a_login_code_and_trust_this_device(app: TestApp) {
@@ -560,4 +593,130 @@ async fn the_send_limits_and_the_lockout_answer_429(app: TestApp) {
         .post_signed("login.started", json!({"user": customer("c1")}))
         .await;
     login.assert_problem(429, "rate_limited");
+}
+
+async fn racing_enrollment_verifications_create_one_factor(app: TestApp) {
+    ready(&app).await;
+    let started = app
+        .post_signed(
+            "enrollment.started",
+            json!({"user": customer("c1"), "email": "c1@shop.example"}),
+        )
+        .await
+        .json();
+    let challenge = started["challenge_id"].as_str().expect("id").to_string();
+    let code = code_in(&app.mail_for("c1@shop.example", 1).await);
+    let app = Arc::new(app);
+    let calls = (0..10).map(|_| {
+        let app = app.clone();
+        let data = json!({"challenge_id": challenge, "code": code});
+        tokio::spawn(async move {
+            app.post_signed("enrollment.verify", data).await.json()["outcome"].clone()
+        })
+    });
+    let outcomes: Vec<Value> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| *o == "verified").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(app.count("select count(*) from factors").await, 1);
+}
+
+async fn twenty_failures_across_challenges_pause_new_codes(app: TestApp) {
+    ready(&app).await;
+    app.post_signed("settings.updated", json!({"max_attempts": 10}))
+        .await;
+    enroll(&app, customer("c1"), Some("c1@shop.example"), 1).await;
+    for round in 0..2 {
+        let challenge = login_challenge(&app, customer("c1")).await;
+        let code = code_in(&app.mail_for("c1@shop.example", round + 2).await);
+        let wrong = wrong_code(&code);
+        for _ in 0..10 {
+            app.post_signed(
+                "login.verify",
+                json!({"challenge_id": challenge, "code": wrong}),
+            )
+            .await;
+        }
+    }
+    let paused = app
+        .post_signed("login.started", json!({"user": customer("c1")}))
+        .await;
+    let body = paused.assert_problem(429, "rate_limited");
+    assert!(
+        body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("20 wrong codes in a row")
+    );
+    let retry = body["retry_after"].as_u64().expect("retry_after");
+    assert!((850..=900).contains(&retry), "about 15 minutes: {retry}");
+}
+
+/// Two ingress instances (two pools, as two processes would have) on one
+/// PostgreSQL database: the per-user limit holds across both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_limit_holds_across_two_ingress_processes_sharing_postgres() {
+    let Some(app) = TestApp::postgres().await else {
+        return;
+    };
+    ready(&app).await;
+    enroll(&app, customer("c1"), Some("c1@shop.example"), 1).await;
+    let other_store = email2fa::app::open_store(&app.settings)
+        .await
+        .expect("second pool");
+    let other = email2fa::app::start(
+        Arc::new(app.settings.clone()),
+        other_store,
+        app.queue.clone(),
+        std::future::pending(),
+    )
+    .await
+    .expect("second ingress");
+    let bases = [app.base.clone(), format!("http://{}", other.addr)];
+    let app = Arc::new(app);
+    let calls = (0..20).map(|i| {
+        let app = app.clone();
+        let base = bases[i % 2].clone();
+        tokio::spawn(async move {
+            let body = TestApp::envelope("login.started", json!({"user": customer("c1")}));
+            let id = format!("msg_{}", ulid::Ulid::generate());
+            let ts = chrono::Utc::now().timestamp();
+            let signature = app.signature(&id, ts, &body);
+            app.client
+                .post(format!("{base}/v1/webhooks/{}", common::TENANT))
+                .header("webhook-id", id)
+                .header("webhook-timestamp", ts.to_string())
+                .header("webhook-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .expect("post")
+                .status()
+                .as_u16()
+        })
+    });
+    let statuses: Vec<u16> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    let accepted = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        accepted, 4,
+        "5 codes per user, one went to the enrollment: {statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 16);
+}
+
+/// A code of the same length that is certainly wrong.
+fn wrong_code(code: &str) -> String {
+    code.chars()
+        .map(|c| if c == '9' { '0' } else { '9' })
+        .collect()
 }

@@ -603,7 +603,15 @@ async fn health_readiness_and_the_openapi_document_are_served(app: TestApp) {
     assert!(doc["openapi"].as_str().expect("version").starts_with("3."));
     assert!(doc["paths"]["/v1/webhooks/{tenant_id}"]["post"].is_object());
     assert!(doc["components"]["schemas"]["Problem"].is_object());
-    assert!(doc["components"]["schemas"]["TenantSettings"].is_object());
+    for schema in [
+        "TenantSettings",
+        "ChallengeAnswer",
+        "LoginAnswer",
+        "VerifyAnswer",
+        "StatusAnswer",
+    ] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
     let request_id = app.get("/healthz").await;
     assert_eq!(
         request_id.header("x-request-id").map(str::len),

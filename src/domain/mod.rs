@@ -13,6 +13,9 @@ mod sending;
 mod settings;
 mod verify;
 
+pub use enrollment::ChallengeAnswer;
+pub use login::LoginAnswer;
+pub use manage::{RemovedAnswer, RevokedAnswer, StatusAnswer};
 pub use providers::{SecondaryAuthProviderAnswer, ServiceProviderAnswer, SmtpAnswer};
 pub use sending::seconds_until;
 pub use verify::VerifyAnswer;

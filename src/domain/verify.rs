@@ -66,7 +66,7 @@ pub async fn verify(
     }
     if challenge.code_expires_at.is_some_and(|at| at <= now) {
         ctx.store
-            .close_challenge(ctx.tx, ctx.tenant_id, &challenge.id, "expired", None, now)
+            .close_challenge(ctx.tx, ctx.tenant_id, &challenge.id, "expired", now)
             .await?;
         return Ok(VerifyAnswer::outcome("expired", None));
     }
@@ -84,25 +84,24 @@ pub async fn verify(
     if !matches {
         return wrong_try(ctx, &challenge, now).await;
     }
-    let factor = if login {
-        None
-    } else {
-        Some(enroll(ctx, &challenge, now).await?)
-    };
+    // Close first: of racing verifications only the winner goes on, so an
+    // enrollment creates exactly one factor.
     let won = ctx
         .store
-        .close_challenge(
-            ctx.tx,
-            ctx.tenant_id,
-            &challenge.id,
-            "verified",
-            factor.as_ref().map(|f| f.id.as_str()),
-            now,
-        )
+        .close_challenge(ctx.tx, ctx.tenant_id, &challenge.id, "verified", now)
         .await?;
     if !won {
         return Ok(VerifyAnswer::outcome("already_used", None));
     }
+    let factor = if login {
+        None
+    } else {
+        let factor = enroll(ctx, &challenge, now).await?;
+        ctx.store
+            .set_challenge_factor(ctx.tx, ctx.tenant_id, &challenge.id, &factor.id)
+            .await?;
+        Some(factor)
+    };
     ctx.store
         .reset_failures(ctx.tx, ctx.tenant_id, &challenge.user_id)
         .await?;

@@ -5,10 +5,13 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::domain::{DeletedAnswer, SecondaryAuthProviderAnswer, ServiceProviderAnswer};
+use crate::domain::{
+    ChallengeAnswer, DeletedAnswer, LoginAnswer, RemovedAnswer, RevokedAnswer,
+    SecondaryAuthProviderAnswer, ServiceProviderAnswer, StatusAnswer, VerifyAnswer,
+};
 use crate::events::{
-    FieldError, ProviderDeleted, SecondaryAuthProviderUpserted, ServiceProviderUpserted,
-    SettingsUpdated,
+    ChallengeResend, EnrollmentStarted, FieldError, LoginStarted, ProviderDeleted,
+    SecondaryAuthProviderUpserted, ServiceProviderUpserted, SettingsUpdated, UserScoped, Verify,
 };
 use crate::store::TenantSettings;
 
@@ -43,6 +46,16 @@ pub enum EventData {
     SecondaryAuthProviderUpserted(#[schema(inline)] SecondaryAuthProviderUpsertedDoc),
     /// `service_provider.deleted`, `secondary_auth_provider.deleted`.
     ProviderDeleted(#[schema(inline)] ProviderDeletedDoc),
+    /// `enrollment.started`.
+    EnrollmentStarted(EnrollmentStarted),
+    /// `enrollment.verify`, `login.verify`.
+    Verify(Verify),
+    /// `login.started`.
+    LoginStarted(LoginStarted),
+    /// `challenge.resend`.
+    ChallengeResend(ChallengeResend),
+    /// `factor.removed`, `trusted_devices.revoked`, `user.status`.
+    UserScoped(UserScoped),
 }
 
 type SettingsUpdatedDoc = SettingsUpdated;
@@ -78,11 +91,12 @@ pub struct Problem {
 #[openapi(
     info(
         title = "email2fa",
-        description = "Email-based two-factor authentication for host platforms. Hosts post Standard Webhooks-signed events to `/v1/webhooks/{tenant_id}`; each event's answer is documented in the components (`TenantSettings` for `settings.updated`, `ServiceProviderAnswer`, `SecondaryAuthProviderAnswer`, `DeletedAnswer`)."
+        description = "Email-based two-factor authentication for host platforms. Hosts post Standard Webhooks-signed events to `/v1/webhooks/{tenant_id}`; each event's answer is documented in the components: `TenantSettings` (settings.updated), `ServiceProviderAnswer`, `SecondaryAuthProviderAnswer`, `DeletedAnswer` (the deletes), `ChallengeAnswer` (enrollment.started, challenge.resend), `VerifyAnswer` (enrollment.verify, login.verify), `LoginAnswer` (login.started), `RemovedAnswer` (factor.removed), `RevokedAnswer` (trusted_devices.revoked), `StatusAnswer` (user.status)."
     ),
     components(schemas(
         WebhookEnvelope, Problem, TenantSettings, ServiceProviderAnswer,
-        SecondaryAuthProviderAnswer, DeletedAnswer
+        SecondaryAuthProviderAnswer, DeletedAnswer, ChallengeAnswer, LoginAnswer,
+        VerifyAnswer, RemovedAnswer, RevokedAnswer, StatusAnswer
     )),
     modifiers(&OpsSecurity),
     tags((name = "webhooks", description = "The signed webhook ingress"),

@@ -172,16 +172,29 @@ impl Store {
         tenant_id: &str,
         id: &str,
         status: &str,
-        factor_id: Option<&str>,
         now: Timestamp,
     ) -> StoreResult<bool> {
         let changed = with_tx!(tx, conn => sqlx::query(
-            "update challenges set status = $3, factor_id = coalesce($4, factor_id), \
-                closed_at = $5, updated_at = $5, code_hash = null \
+            "update challenges set status = $3, closed_at = $4, updated_at = $4, code_hash = null \
              where tenant_id = $1 and id = $2 and status = 'pending'")
-            .bind(tenant_id).bind(id).bind(status).bind(factor_id).bind(now)
+            .bind(tenant_id).bind(id).bind(status).bind(now)
             .execute(conn).await.map(|r| r.rows_affected()))?;
         Ok(changed == 1)
+    }
+
+    /// Records the factor a verified enrollment created.
+    pub async fn set_challenge_factor(
+        &self,
+        tx: &mut Tx,
+        tenant_id: &str,
+        id: &str,
+        factor_id: &str,
+    ) -> StoreResult<()> {
+        with_tx!(tx, conn => sqlx::query(
+            "update challenges set factor_id = $3 where tenant_id = $1 and id = $2")
+            .bind(tenant_id).bind(id).bind(factor_id)
+            .execute(conn).await.map(|r| r.rows_affected()))?;
+        Ok(())
     }
 
     /// Stores a freshly minted code's hash for the send `delivery_id`, if

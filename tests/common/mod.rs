@@ -20,6 +20,17 @@ use std::time::Duration;
 use email2fa_workers::queue::Queue;
 pub use email2fa_workers::sink::{ReceivedMessage, SmtpSink};
 
+tokio::task_local! {
+    /// False inside [`ingress_only`]: the app runs without in-process workers.
+    static WITH_WORKERS: bool;
+}
+
+/// Builds a test app without in-process workers (for tests that run
+/// `email2fa worker` processes): `ingress_only(TestApp::postgres()).await`.
+pub async fn ingress_only<T>(build: impl std::future::Future<Output = T>) -> T {
+    WITH_WORKERS.scope(false, build).await
+}
+
 /// The tenant every test app starts with.
 pub const TENANT: &str = "acme";
 
@@ -41,6 +52,47 @@ macro_rules! on_both_backends {
             }
         }
     )*};
+}
+
+/// Runs each named scenario on the three queue backends: `name::sqlite`
+/// (SQLite database and queue), `name::postgres` (PostgreSQL database and
+/// queue) and `name::redis` (Redis queue; PostgreSQL database when
+/// configured, else SQLite).
+#[macro_export]
+macro_rules! on_every_queue {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::TestApp::sqlite().await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) = $crate::common::TestApp::postgres().await {
+                    super::$name(app).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                if let Some(app) = $crate::common::TestApp::redis().await {
+                    super::$name(app).await;
+                }
+            }
+        }
+    )*};
+}
+
+/// The Redis URL of the test server, or `None` (with a note) when unset.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("EMAIL2FA_TEST_REDIS_URL") {
+        Ok(url) => Some(url),
+        Err(_) => {
+            eprintln!(
+                "skipped: EMAIL2FA_TEST_REDIS_URL is not set, so this Redis test did not run"
+            );
+            None
+        }
+    }
 }
 
 /// A running service with one tenant.
@@ -107,10 +159,36 @@ enum DbGuard {
         name: String,
         _dir: tempfile::TempDir,
     },
+    Redis {
+        url: String,
+        queue: String,
+        #[allow(dead_code)]
+        database: Box<DbGuard>,
+    },
+}
+
+/// Deletes one queue's keys (never FLUSHALL: the server is shared).
+fn delete_redis_keys(url: &str, queue: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_connection() else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{queue}:*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    for key in keys {
+        let _: Result<(), _> = redis::cmd("DEL").arg(&key).query(&mut conn);
+    }
 }
 
 impl Drop for DbGuard {
     fn drop(&mut self) {
+        if let DbGuard::Redis { url, queue, .. } = self {
+            delete_redis_keys(url, queue);
+        }
         if let DbGuard::Postgres {
             admin_url, name, ..
         } = self
@@ -180,6 +258,13 @@ pub async fn postgres_database() -> Option<(String, String, String)> {
     Some((admin_url, name, url))
 }
 
+async fn postgres_database_quiet() -> Option<(String, String, String)> {
+    if std::env::var("EMAIL2FA_TEST_DATABASE_URL").is_err() {
+        return None;
+    }
+    postgres_database().await
+}
+
 /// The same server URL with another database name.
 pub fn with_database_name(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
@@ -233,6 +318,56 @@ impl TestApp {
         )
     }
 
+    /// A Redis queue (a queue name of its own) over PostgreSQL when
+    /// configured, else SQLite; `None` when Redis is not configured.
+    pub async fn redis() -> Option<Self> {
+        Self::redis_with(|_| {}).await
+    }
+
+    pub async fn redis_with(adjust: impl FnOnce(&mut Settings)) -> Option<Self> {
+        let url = redis_url()?;
+        let client = redis::Client::open(url.as_str()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("EMAIL2FA_TEST_REDIS_URL is set but unreachable: {e}"));
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .expect("redis ping");
+        let queue = format!(
+            "e2fa_test_{}",
+            ulid::Ulid::generate().to_string().to_lowercase()
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().to_path_buf();
+        let (database, db_url) = match postgres_database_quiet().await {
+            Some((admin_url, name, db_url)) => (
+                DbGuard::Postgres {
+                    admin_url,
+                    name,
+                    _dir: dir,
+                },
+                db_url,
+            ),
+            None => {
+                let db_url = format!("sqlite://{}", data_dir.join("email2fa.db").display());
+                (DbGuard::Sqlite(dir), db_url)
+            }
+        };
+        let mut settings = test_settings(&db_url, &data_dir);
+        settings.queue_url = Some(DatabaseUrl::from(url.as_str()));
+        settings.queue_name = queue.clone();
+        adjust(&mut settings);
+        let guard = DbGuard::Redis {
+            url,
+            queue,
+            database: Box::new(database),
+        };
+        let app = Self::start(settings, guard).await;
+        Some(app)
+    }
+
     async fn start(settings: Settings, guard: DbGuard) -> Self {
         let store = app::open_store(&settings).await.expect("open store");
         let secret = email2fa::crypto::new_signing_secret();
@@ -245,7 +380,10 @@ impl TestApp {
         let engine = app::engine(&settings, &store, &queue).expect("engine");
         let health = app::provider_health(&engine);
         let (stop, shutdown) = app::Shutdown::new();
-        let workers = app::start_workers(&settings, engine, queue.clone(), shutdown.clone());
+        let workers = WITH_WORKERS
+            .try_with(|on| *on)
+            .unwrap_or(true)
+            .then(|| app::start_workers(&settings, engine, queue.clone(), shutdown.clone()));
         let server = app::start_with_engine(
             Arc::new(settings.clone()),
             store.clone(),
@@ -264,7 +402,7 @@ impl TestApp {
             sink,
             queue,
             stop: Some(stop),
-            workers: Some(workers),
+            workers,
             _guard: guard,
         }
     }
@@ -457,4 +595,85 @@ impl Drop for TestApp {
             let _ = stop.send(true);
         }
     }
+}
+
+/// Everything the service stored, as text and bytes: for SQLite the
+/// database file and its WAL; for PostgreSQL every row of the service's and
+/// apalis's tables; for Redis every value of the queue's keys.
+pub async fn everything_stored(app: &TestApp) -> String {
+    let mut out = String::new();
+    match app.store.db() {
+        email2fa_workers::db::Db::Sqlite(pool) => {
+            let _ = sqlx::query("pragma wal_checkpoint(passive)")
+                .execute(pool)
+                .await;
+            let file = app
+                .settings
+                .database_url
+                .expose()
+                .trim_start_matches("sqlite://")
+                .to_string();
+            for path in [file.clone(), format!("{file}-wal")] {
+                if let Ok(bytes) = std::fs::read(&path) {
+                    out.push_str(&String::from_utf8_lossy(&bytes));
+                }
+            }
+        }
+        email2fa_workers::db::Db::Postgres(pool) => {
+            let tables: Vec<(String,)> = sqlx::query_as(
+                "select table_schema || '.' || table_name from information_schema.tables \
+                 where table_schema in ('email2fa', 'apalis') and table_type = 'BASE TABLE'",
+            )
+            .fetch_all(pool)
+            .await
+            .expect("tables");
+            for (table,) in tables {
+                let sql = format!("select coalesce(string_agg(t::text, ' '), '') from {table} t");
+                let (text,): (String,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(pool)
+                    .await
+                    .expect("dump");
+                out.push_str(&text);
+            }
+        }
+    }
+    if let Some(url) = app.settings.queue_url.as_ref().filter(|u| u.is_redis()) {
+        let client = redis::Client::open(url.expose()).expect("redis");
+        let mut conn = client.get_connection().expect("redis");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", app.settings.queue_name))
+            .query(&mut conn)
+            .expect("keys");
+        for key in keys {
+            let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).expect("type");
+            let values: Vec<Vec<u8>> = match kind.as_str() {
+                "string" => vec![redis::cmd("GET").arg(&key).query(&mut conn).expect("get")],
+                "hash" => redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query(&mut conn)
+                    .expect("hgetall"),
+                "list" => redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query(&mut conn)
+                    .expect("lrange"),
+                "set" => redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query(&mut conn)
+                    .expect("smembers"),
+                "zset" => redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query(&mut conn)
+                    .expect("zrange"),
+                _ => Vec::new(),
+            };
+            for value in values {
+                out.push_str(&String::from_utf8_lossy(&value));
+            }
+        }
+    }
+    out
 }

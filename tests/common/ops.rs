@@ -22,9 +22,13 @@ pub async fn postgres_app() -> Option<TestApp> {
     TestApp::postgres_with(ops_settings).await
 }
 
-/// `on_both_backends!` with the ops token set and one attempt per email.
+pub async fn redis_app() -> Option<TestApp> {
+    TestApp::redis_with(ops_settings).await
+}
+
+/// `on_every_queue!` with the ops token set and one attempt per email.
 #[macro_export]
-macro_rules! on_both_backends_with_ops {
+macro_rules! on_every_queue_with_ops {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,6 +38,12 @@ macro_rules! on_both_backends_with_ops {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 if let Some(app) = $crate::common::ops::postgres_app().await {
+                    super::$name(app).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                if let Some(app) = $crate::common::ops::redis_app().await {
                     super::$name(app).await;
                 }
             }

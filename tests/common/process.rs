@@ -121,3 +121,74 @@ impl Drop for Service {
         let _ = self.child.wait();
     }
 }
+
+/// A running `email2fa worker` process.
+pub struct Worker {
+    child: Child,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Worker {
+    /// Starts `email2fa worker` and waits until it runs.
+    pub fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = email2fa(dir, env)
+            .arg("worker")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn email2fa worker");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        capture(child.stderr.take().expect("stderr"), stderr.clone());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = stderr.lock().expect("lock").clone();
+            if text.contains("email2fa workers running") {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("email2fa worker exited with {status}: {text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "email2fa worker did not start: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, stderr }
+    }
+
+    /// Sends a signal (`KILL`, `TERM`) and waits for the exit.
+    pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "email2fa worker did not exit on SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many emails this process logged as sent.
+    pub fn sent(&self) -> usize {
+        self.stderr
+            .lock()
+            .expect("lock")
+            .matches("email sent")
+            .count()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

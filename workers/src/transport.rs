@@ -154,11 +154,11 @@ impl Transports {
         }
         let transport = builder.build();
         // An older version of this provider is dropped with its pool.
-        let prefix = provider
-            .key
-            .rsplit_once('@')
-            .map_or(provider.key.as_str(), |(p, _)| p);
-        cache.retain(|key, _| !key.starts_with(prefix));
+        let prefix = match provider.key.rsplit_once('@') {
+            Some((name, _)) => format!("{name}@"),
+            None => provider.key.clone(),
+        };
+        cache.retain(|key, _| !key.starts_with(&prefix));
         cache.insert(provider.key.clone(), transport.clone());
         Ok(transport)
     }

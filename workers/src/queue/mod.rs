@@ -331,10 +331,10 @@ impl Queue {
         }
     }
 
-    /// The same queue under another apalis queue name, so that tests sharing
-    /// one Redis server do not see each other's jobs.
-    #[cfg(test)]
-    pub(crate) fn renamed(mut self, name: &str) -> Self {
+    /// The same queue under another apalis queue name, so that several
+    /// installations (or tests) sharing one Redis server or database do not
+    /// see each other's jobs.
+    pub fn renamed(mut self, name: &str) -> Self {
         self.name = Arc::from(name);
         self
     }
