@@ -111,7 +111,7 @@ async fn handle(
     })?;
     let event_type = envelope.event_type.as_str();
     tracing::Span::current().record("event.type", event_type);
-    *event_type_seen = envelope.event_type.as_str();
+    *event_type_seen = event_type;
     let body_sha256 = Sha256::digest(&body).to_vec();
 
     let store = &state.store;
