@@ -7,21 +7,26 @@ use serde_json::{Value, json};
 
 use super::{TestApp, TestResponse};
 
+/// The ops token of the test apps.
 pub const TOKEN: &str = "ops-token-for-the-tests-0123456789";
 
+/// The ops token, and one attempt per email so an outage dead-letters at once.
 pub fn ops_settings(settings: &mut Settings) {
     settings.ops_token = Some(SecretString::from(TOKEN));
     settings.delivery.max_attempts = 1;
 }
 
+/// An app on SQLite with [`ops_settings`].
 pub async fn sqlite_app() -> TestApp {
     TestApp::sqlite_with(ops_settings).await
 }
 
+/// An app on PostgreSQL with [`ops_settings`], when configured.
 pub async fn postgres_app() -> Option<TestApp> {
     TestApp::postgres_with(ops_settings).await
 }
 
+/// An app on the Redis queue with [`ops_settings`], when configured.
 pub async fn redis_app() -> Option<TestApp> {
     TestApp::redis_with(ops_settings).await
 }
@@ -66,6 +71,7 @@ pub async fn ops(
     collect(request.send().await.expect("request")).await
 }
 
+/// The answer as a [`TestResponse`].
 pub async fn collect(response: reqwest::Response) -> TestResponse {
     TestResponse {
         status: response.status().as_u16(),
@@ -74,6 +80,7 @@ pub async fn collect(response: reqwest::Response) -> TestResponse {
     }
 }
 
+/// Mail through the sink, customers allowed, no resend cooldown.
 pub async fn ready(app: &TestApp) {
     app.configure_mail(
         json!({"admin_2fa_allowed": true, "customer_2fa_allowed": true,
@@ -101,6 +108,7 @@ pub async fn start_enrollment(app: &TestApp, user: &str) -> (String, String) {
     )
 }
 
+/// `GET /ops/dead-letters{query}`: the list.
 pub async fn dead_letters(app: &TestApp, query: &str) -> Vec<Value> {
     let answer = ops(
         app,
@@ -116,6 +124,7 @@ pub async fn dead_letters(app: &TestApp, query: &str) -> Vec<Value> {
         .clone()
 }
 
+/// `enrollment.verify` with a code.
 pub async fn verify(app: &TestApp, challenge: &str, code: &str) -> Value {
     app.post_signed(
         "enrollment.verify",

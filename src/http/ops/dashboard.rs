@@ -283,11 +283,6 @@ mod tests {
         assert_eq!(duration_text(7200), "2 h");
         assert_eq!(duration_text(200_000), "2 d");
     }
-}
-
-#[cfg(test)]
-mod render_tests {
-    use super::*;
 
     #[test]
     fn a_page_with_everything_renders() {
