@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::crypto::{self, MasterKey};
 use crate::delivery::ServiceSource;
+use crate::http::ops::{OpsConfig, UnhealthyProviders};
 use crate::http::{self, AppState};
 use crate::settings::{MailTransport, Settings};
 use crate::store::{Db, PoolConfig, Store, Timestamp};
@@ -181,11 +182,31 @@ pub struct RunningServer {
     pub task: JoinHandle<std::io::Result<()>>,
 }
 
-/// Binds the listener and serves until `shutdown` resolves.
+/// Binds the listener and serves until `shutdown` resolves (without
+/// provider health on the dashboard: see [`start_with_engine`]).
 pub async fn start(
     settings: Arc<Settings>,
     store: Store,
     queue: Queue,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningServer> {
+    start_with_engine(settings, store, queue, None, shutdown).await
+}
+
+/// What the dashboard asks this process's engine: the providers that
+/// reject our credentials.
+pub fn provider_health(engine: &Engine<ServiceSource>) -> UnhealthyProviders {
+    let engine = engine.clone();
+    Arc::new(move || engine.unhealthy_providers())
+}
+
+/// Binds the listener and serves until `shutdown` resolves; `/ops` shows the
+/// provider health of `engine` when this process runs workers.
+pub async fn start_with_engine(
+    settings: Arc<Settings>,
+    store: Store,
+    queue: Queue,
+    engine: Option<UnhealthyProviders>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningServer> {
     let listener = TcpListener::bind(settings.listen)
@@ -197,8 +218,13 @@ pub async fn start(
         webhook: Arc::new(settings.webhook.clone()),
         domain: Arc::new(crate::domain::DomainConfig::from_settings(&settings)),
         queue,
+        ops: Arc::new(OpsConfig {
+            token: settings.ops_token.clone(),
+            unhealthy_providers: engine,
+        }),
     };
     spawn_receipt_pruning(store.clone(), settings.webhook.idempotency_hours);
+    crate::metrics::spawn_refresh(store.db().clone());
     let app = http::router(state);
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -211,7 +237,32 @@ pub async fn start(
         backend = store.db().backend_name(),
         "email2fa listening on http://{addr}"
     );
+    if settings.ops_token.is_some() {
+        tracing::info!("operations API and dashboard on http://{addr}/ops (ops token required)");
+    } else {
+        tracing::info!("the operations API (/ops) is off: set EMAIL2FA_OPS_TOKEN to turn it on");
+    }
     Ok(RunningServer { addr, store, task })
+}
+
+/// Serves `/metrics` alone on `EMAIL2FA_METRICS_LISTEN`, when set, and keeps
+/// the queue gauges fresh (a `worker` process has no other listener).
+pub async fn start_metrics_listener(settings: &Settings, store: &Store) -> anyhow::Result<()> {
+    let Some(addr) = settings.metrics_listen else {
+        return Ok(());
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to listen on {addr} (EMAIL2FA_METRICS_LISTEN)"))?;
+    let addr = listener.local_addr()?;
+    crate::metrics::spawn_refresh(store.db().clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, http::metrics_router()).await {
+            tracing::error!(%error, "the metrics listener failed");
+        }
+    });
+    tracing::info!("Prometheus metrics on http://{addr}/metrics");
+    Ok(())
 }
 
 /// Forgets idempotency receipts older than the retention, every 10 minutes.
@@ -241,10 +292,20 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         println!("{secret}");
     }
     let queue = open_queue(&settings, &store).await?;
+    start_metrics_listener(&settings, &store).await?;
     let engine = engine(&settings, &store, &queue)?;
+    let health = provider_health(&engine);
     let (stop, shutdown) = Shutdown::new();
     let workers = start_workers(&settings, engine, queue.clone(), shutdown.clone());
-    let server = start(Arc::new(settings), store.clone(), queue, shutdown.wait()).await?;
+    let settings = Arc::new(settings);
+    let server = start_with_engine(
+        settings,
+        store.clone(),
+        queue,
+        Some(health),
+        shutdown.wait(),
+    )
+    .await?;
     shutdown_signal().await;
     let _ = stop.send(true);
     server.task.await.context("the server task failed")??;
@@ -259,6 +320,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 pub async fn ingress(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
     let queue = open_queue(&settings, &store).await?;
+    start_metrics_listener(&settings, &store).await?;
     let server = start(Arc::new(settings), store.clone(), queue, shutdown_signal()).await?;
     server.task.await.context("the server task failed")??;
     store.db().close().await;
@@ -271,6 +333,7 @@ pub async fn ingress(settings: Settings) -> anyhow::Result<()> {
 pub async fn work(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
     let queue = open_queue(&settings, &store).await?;
+    start_metrics_listener(&settings, &store).await?;
     let engine = engine(&settings, &store, &queue)?;
     let (stop, shutdown) = Shutdown::new();
     let workers = start_workers(&settings, engine, queue, shutdown);

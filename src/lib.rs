@@ -13,6 +13,8 @@ pub mod delivery;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod metrics;
+pub mod ops;
 pub mod settings;
 pub mod signature;
 pub mod store;

@@ -32,6 +32,9 @@ pub struct Settings {
     /// `{data_dir}/master.key` in the embedded default when unset.
     #[serde(serialize_with = "serialize_redacted")]
     pub master_key: Option<SecretString>,
+    /// `EMAIL2FA_METRICS_LISTEN`: an extra address serving only `/metrics`
+    /// (for `worker` processes, which have no HTTP server otherwise).
+    pub metrics_listen: Option<SocketAddr>,
     /// `EMAIL2FA_OPS_TOKEN`: bearer token of `/ops`; unset turns it off.
     #[serde(serialize_with = "serialize_redacted")]
     pub ops_token: Option<SecretString>,
@@ -147,6 +150,7 @@ impl Default for Settings {
             queue_name: "emails".into(),
             master_key: None,
             ops_token: None,
+            metrics_listen: None,
             mail_transport: MailTransport::Smtp,
             log_format: LogFormat::Pretty,
             log: "info".into(),

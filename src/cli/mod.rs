@@ -1,7 +1,8 @@
-//! The command line: `serve` (the default), `migrate`, `tenant …` and
-//! `webhook send`. Every command reads the same settings, so a command run
+//! The command line: `serve` (the default), `migrate`, `tenant …`,
+//! `webhook send`, and the operator's `queue stats` and `dlq …`. Every command reads the same settings, so a command run
 //! with the same `EMAIL2FA_DATABASE_URL` as `serve` acts on the same data.
 
+mod ops;
 mod tenant;
 mod webhook;
 
@@ -40,6 +41,12 @@ pub enum Command {
     /// Sign and post webhooks, as a host platform would.
     #[command(subcommand)]
     Webhook(webhook::WebhookCommand),
+    /// Queue health, read from the deliveries table.
+    #[command(subcommand)]
+    Queue(ops::QueueCommand),
+    /// Dead letters: list, resend, discard.
+    #[command(subcommand)]
+    Dlq(ops::DlqCommand),
 }
 
 impl Cli {
@@ -62,6 +69,8 @@ impl Cli {
             }
             Command::Tenant(command) => command.run(&settings).await,
             Command::Webhook(command) => command.run(&settings).await,
+            Command::Queue(command) => command.run(&settings).await,
+            Command::Dlq(command) => command.run(&settings).await,
         }
     }
 }

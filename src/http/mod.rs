@@ -1,9 +1,11 @@
-//! The HTTP server: the webhook ingress, health checks and the OpenAPI
-//! document, with a request span (request id, tenant, event type) around
-//! every call.
+//! The HTTP server: the webhook ingress, health checks, metrics, the
+//! operations API and dashboard, and the OpenAPI document, with a request
+//! span (request id, tenant, event type) around every call.
 
 mod health;
-mod openapi;
+mod metrics;
+pub mod openapi;
+pub mod ops;
 pub mod problem;
 mod webhooks;
 
@@ -40,6 +42,8 @@ pub struct AppState {
     pub domain: Arc<DomainConfig>,
     /// Where email jobs go.
     pub queue: Queue,
+    /// The ops token and what `/ops` shows of the engine.
+    pub ops: Arc<ops::OpsConfig>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -63,7 +67,19 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::receive))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(ops::dashboard::dashboard))
+        .routes(routes!(ops::api::queue))
+        .routes(routes!(ops::api::dead_letters))
+        .routes(routes!(ops::api::resend_bulk))
+        .routes(routes!(ops::api::resend))
+        .routes(routes!(ops::api::discard))
         .split_for_parts()
+}
+
+/// Only `GET /metrics`, for [`crate::settings::Settings::metrics_listen`].
+pub fn metrics_router() -> Router {
+    Router::new().route("/metrics", axum::routing::get(metrics::metrics))
 }
 
 /// The complete application: routes, state, request ids and request spans.

@@ -2,7 +2,8 @@
 //! handlers' annotations; this module adds the shapes that only exist on the
 //! wire (the envelope, the problem answer) and the event answers.
 
-use utoipa::{OpenApi, ToSchema};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::domain::{
     ChallengeAnswer, DeletedAnswer, LoginAnswer, RemovedAnswer, RevokedAnswer,
@@ -76,8 +77,9 @@ pub struct Problem {
     /// `invalid_signature`, `timestamp_out_of_tolerance`, `not_allowed`,
     /// `unknown_tenant`, `challenge_not_found`, `webhook_id_conflict`,
     /// `already_enrolled`, `no_provider`, `provider_in_use`,
-    /// `payload_too_large`, `validation_failed`, `rate_limited`,
-    /// `unavailable`.
+    /// `challenge_closed`, `payload_too_large`, `validation_failed`,
+    /// `rate_limited`, `unavailable`; on `/ops`: `unauthorized`, `forbidden`,
+    /// `not_found`, `dead_letter_not_found`.
     code: String,
     /// With `validation_failed`: each field's problem.
     errors: Option<Vec<FieldError>>,
@@ -96,10 +98,41 @@ pub struct Problem {
         SecondaryAuthProviderAnswer, DeletedAnswer, ChallengeAnswer, LoginAnswer,
         VerifyAnswer, RemovedAnswer, RevokedAnswer, StatusAnswer
     )),
+    modifiers(&OpsSecurity),
     tags((name = "webhooks", description = "The signed webhook ingress"),
-         (name = "health", description = "Liveness and readiness"))
+         (name = "health", description = "Liveness, readiness and Prometheus metrics"),
+         (name = "ops", description = "Queue health and dead letters, for operators. Needs `EMAIL2FA_OPS_TOKEN` as a bearer token, or as the password of HTTP Basic (any user name); 401 with `WWW-Authenticate` without it, 404 on every `/ops` path when no token is configured."))
 )]
 struct ApiDoc;
+
+/// The two ways to present the ops token.
+struct OpsSecurity;
+
+impl Modify for OpsSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "ops_bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("`Authorization: Bearer EMAIL2FA_OPS_TOKEN`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "ops_basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "HTTP Basic: any user name, the ops token as password (browsers)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The document's fixed parts, before the routes add their paths.
 pub fn base() -> utoipa::openapi::OpenApi {

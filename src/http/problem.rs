@@ -15,6 +15,10 @@ use crate::store::StoreError;
 /// Seconds a client should wait after a 503.
 const UNAVAILABLE_RETRY_AFTER: u64 = 5;
 
+/// The challenges of a 401 from `/ops`: Basic first, so browsers ask.
+const OPS_BASIC_CHALLENGE: &str = "Basic realm=\"email2fa ops\"";
+const OPS_BEARER_CHALLENGE: &str = "Bearer realm=\"email2fa ops\"";
+
 /// A failed call, as the contract names it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -33,6 +37,20 @@ pub enum ApiError {
     /// 403: 2FA is Inactive for the user's role.
     #[error("{0}")]
     NotAllowed(String),
+    /// 401: an `/ops` call without the right token.
+    #[error(
+        "this needs the ops token: Authorization: Bearer TOKEN, or HTTP Basic with the token as password"
+    )]
+    Unauthorized,
+    /// 403: a browser request from another site (cross-site request forgery).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: nothing here (e.g. `/ops` while the ops API is off).
+    #[error("{0}")]
+    NotFound(String),
+    /// 404: no unresolved dead letter with this id.
+    #[error("{0}")]
+    DeadLetterNotFound(String),
     /// 404: no such tenant.
     #[error("no tenant with this id")]
     UnknownTenant,
@@ -110,6 +128,14 @@ impl ApiError {
                 "Timestamp out of tolerance",
             ),
             Self::NotAllowed(_) => (StatusCode::FORBIDDEN, "not_allowed", "Not allowed"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            Self::DeadLetterNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "dead_letter_not_found",
+                "Dead letter not found",
+            ),
             Self::UnknownTenant => (StatusCode::NOT_FOUND, "unknown_tenant", "Unknown tenant"),
             Self::ChallengeNotFound => (
                 StatusCode::NOT_FOUND,
@@ -210,6 +236,15 @@ impl IntoResponse for ApiError {
                 retry_after,
             });
         let mut response = problem.into_response();
+        if matches!(self, Self::Unauthorized) {
+            let headers = response.headers_mut();
+            for challenge in [OPS_BASIC_CHALLENGE, OPS_BEARER_CHALLENGE] {
+                headers.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+        }
         if let Some(seconds) = retry_after {
             response
                 .headers_mut()

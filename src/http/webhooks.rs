@@ -64,11 +64,11 @@ pub async fn receive(
     body: Body,
 ) -> Result<Response, ApiError> {
     let span = tracing::Span::current();
-    let result = handle(&state, &tenant_id, &headers, body).await;
-    span.record(
-        "outcome",
-        result.as_ref().map_or_else(|e| e.code(), |_| "ok"),
-    );
+    let (started, mut event_type) = (std::time::Instant::now(), "unknown");
+    let result = handle(&state, &tenant_id, &headers, body, &mut event_type).await;
+    let outcome = result.as_ref().map_or_else(|e| e.code(), |_| "ok");
+    span.record("outcome", outcome);
+    crate::metrics::webhook(event_type, outcome, started.elapsed());
     result
 }
 
@@ -77,6 +77,7 @@ async fn handle(
     tenant_id: &str,
     headers: &HeaderMap,
     body: Body,
+    event_type_seen: &mut &'static str,
 ) -> Result<Response, ApiError> {
     let body = read_body(body, headers, state.webhook.max_body_bytes).await?;
     if !is_valid_tenant_id(tenant_id) {
@@ -110,6 +111,7 @@ async fn handle(
     })?;
     let event_type = envelope.event_type.as_str();
     tracing::Span::current().record("event.type", event_type);
+    *event_type_seen = event_type;
     let body_sha256 = Sha256::digest(&body).to_vec();
 
     let store = &state.store;
@@ -204,6 +206,7 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 fn signature_problem(error: SignatureError) -> ApiError {
     tracing::info!(reason = error.reason(), "webhook signature refused");
+    crate::metrics::signature_failure(error.reason());
     match error {
         SignatureError::OutOfTolerance { .. } => {
             ApiError::TimestampOutOfTolerance(format!("{error}; check the sender's clock"))

@@ -3,6 +3,7 @@
 //! `EMAIL2FA_TEST_DATABASE_URL` is set) and typed helpers per call.
 #![allow(dead_code)]
 
+pub mod ops;
 pub mod process;
 
 use std::sync::Arc;
@@ -377,15 +378,17 @@ impl TestApp {
         let sink = SmtpSink::start().await.expect("smtp sink");
         let queue = app::open_queue(&settings, &store).await.expect("queue");
         let engine = app::engine(&settings, &store, &queue).expect("engine");
+        let health = app::provider_health(&engine);
         let (stop, shutdown) = app::Shutdown::new();
         let workers = WITH_WORKERS
             .try_with(|on| *on)
             .unwrap_or(true)
             .then(|| app::start_workers(&settings, engine, queue.clone(), shutdown.clone()));
-        let server = app::start(
+        let server = app::start_with_engine(
             Arc::new(settings.clone()),
             store.clone(),
             queue.clone(),
+            Some(health),
             shutdown.wait(),
         )
         .await

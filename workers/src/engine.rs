@@ -149,7 +149,10 @@ impl<S: MessageSource> Engine<S> {
     pub async fn handle(&self, job: EmailJob) {
         let id = job.delivery_id.clone();
         match self.attempt(job).await {
-            Ok(outcome) => tracing::debug!(delivery.id = %id, ?outcome, "delivery attempt done"),
+            Ok(outcome) => {
+                crate::metrics::outcome(&outcome);
+                tracing::debug!(delivery.id = %id, ?outcome, "delivery attempt done");
+            }
             Err(error) => {
                 // The database failed while recording: leave the row as it
                 // is; its lease runs out and the sweep retries it.
@@ -195,7 +198,10 @@ impl<S: MessageSource> Engine<S> {
             Err(why) => return self.dead(&delivery, "render", &why).await,
         };
         let (message, message_id) = message;
-        match inner.transports.send(&prepared.provider, message).await {
+        let started = std::time::Instant::now();
+        let result = inner.transports.send(&prepared.provider, message).await;
+        crate::metrics::send(&result, started.elapsed(), delivery.created_at);
+        match result {
             Ok(reply) => {
                 self.set_health(&prepared.provider, true);
                 deliveries::mark_sent(
@@ -342,6 +348,7 @@ impl<S: MessageSource> Engine<S> {
             tracing::error!(provider = %provider.key, host = %provider.host,
                 "SMTP provider rejects our credentials (535): marked unhealthy; fix its username/password");
         }
+        crate::metrics::unhealthy_providers(map.len());
     }
 
     /// Providers currently rejecting our credentials.

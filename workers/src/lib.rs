@@ -13,9 +13,12 @@
 //! benchmark; it is a test and benchmark tool, not part of the delivery path.
 
 pub mod db;
+pub mod dead_letters;
 pub mod deliveries;
 pub mod engine;
+pub mod metrics;
 pub mod queue;
 pub mod render;
 pub mod sink;
+pub mod stats;
 pub mod transport;

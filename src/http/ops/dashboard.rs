@@ -1,0 +1,338 @@
+//! `GET /ops`: the operator's dashboard, one server-rendered page
+//! (handlebars; the template is embedded in the binary) with a little
+//! inline script for the resend and discard buttons and live relative times.
+//!
+//! Everything on it is read from the database at request time, so it shows
+//! the same on every queue backend and from any process.
+
+use std::sync::LazyLock;
+
+use axum::extract::State;
+use axum::response::Html;
+use handlebars::Handlebars;
+use serde::Serialize;
+
+use email2fa_workers::stats::{self, MinuteCounts, ProviderActivity};
+
+use super::OpsAuth;
+use crate::http::{ApiError, AppState};
+use crate::ops::{self, DeadLetterView, QueueEntry};
+use crate::store::Timestamp;
+
+/// Minutes of throughput shown.
+const WINDOW_MINUTES: i64 = 15;
+/// Dead letters shown (the rest through the API or the CLI).
+const DEAD_LETTERS_SHOWN: i64 = 100;
+
+static TEMPLATES: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
+    let mut registry = Handlebars::new();
+    registry.set_strict_mode(true);
+    registry
+        .register_template_string(
+            "dashboard",
+            include_str!("../../../templates/ops/dashboard.html.hbs"),
+        )
+        .expect("the embedded dashboard template parses (checked by a unit test)");
+    registry
+});
+
+/// The page.
+#[derive(Debug, Serialize)]
+struct Page {
+    generated_at: String,
+    backend: &'static str,
+    queue_backend: &'static str,
+    queue: QueueEntry,
+    oldest: String,
+    oldest_class: &'static str,
+    dead_class: &'static str,
+    bars: Vec<Bar>,
+    sent_total: i64,
+    dead_total: i64,
+    sent_per_minute: String,
+    failure_rate: String,
+    failure_class: &'static str,
+    providers: Vec<ProviderRow>,
+    health_known: bool,
+    unhealthy: Vec<String>,
+    dead_letters: Vec<LetterRow>,
+    shown: usize,
+    more_dead_letters: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Bar {
+    label: String,
+    sent: i64,
+    dead: i64,
+    sent_pct: i64,
+    dead_pct: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct ProviderRow {
+    tenant_id: String,
+    provider: String,
+    sent: i64,
+    retrying: i64,
+    dead: i64,
+    last_sent: String,
+    last_sent_at: String,
+    status: &'static str,
+    status_label: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct LetterRow {
+    #[serde(flatten)]
+    letter: DeadLetterView,
+    kind_label: &'static str,
+    reason_label: &'static str,
+    dead_ago: String,
+}
+
+/// The dashboard.
+#[utoipa::path(get, path = "/ops", tag = "ops", security(("ops_bearer" = []), ("ops_basic" = [])),
+    responses(
+        (status = 200, description = "The HTML dashboard", content_type = "text/html"),
+        (status = 401, description = "`unauthorized` (a browser then asks for the token as password)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`: the ops API is off", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+pub async fn dashboard(
+    _: OpsAuth,
+    State(state): State<AppState>,
+) -> Result<Html<String>, ApiError> {
+    let page = gather(&state).await?;
+    let html = TEMPLATES
+        .render("dashboard", &page)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(Html(html))
+}
+
+async fn gather(state: &AppState) -> Result<Page, ApiError> {
+    let now = Timestamp::now();
+    let db = state.store.db();
+    let queue = ops::queue_stats(&state.store).await?.queues.remove(0);
+    let minutes = stats::throughput(db, now, WINDOW_MINUTES)
+        .await
+        .map_err(store_error)?;
+    let since = now.plus_seconds(-WINDOW_MINUTES * 60);
+    let activity = stats::provider_activity(db, since, 20)
+        .await
+        .map_err(store_error)?;
+    let filter = ops::filter(None, None, None)?;
+    let letters = ops::list(&state.store, filter, DEAD_LETTERS_SHOWN, None).await?;
+    let unhealthy = state.ops.unhealthy_providers.as_ref().map(|probe| probe());
+    let (sent_total, dead_total) = minutes
+        .iter()
+        .fold((0, 0), |(s, d), m| (s + m.sent, d + m.dead));
+    let failure = (sent_total + dead_total > 0)
+        .then(|| dead_total as f64 * 100.0 / (sent_total + dead_total) as f64);
+    Ok(Page {
+        generated_at: now.to_rfc3339(),
+        backend: db.backend_name(),
+        queue_backend: state.queue.backend_name(),
+        oldest: duration_text(queue.oldest_pending_age_seconds),
+        oldest_class: level(queue.oldest_pending_age_seconds, 30, 300),
+        dead_class: level(queue.dead, 1, 50),
+        queue,
+        bars: bars(&minutes),
+        sent_total,
+        dead_total,
+        sent_per_minute: format!("{:.1}", sent_total as f64 / WINDOW_MINUTES as f64),
+        failure_rate: failure.map_or("–".into(), |f| format!("{f:.1} %")),
+        failure_class: failure.map_or("ok", |f| {
+            if f >= 10.0 {
+                "bad"
+            } else if f > 0.0 {
+                "warn"
+            } else {
+                "ok"
+            }
+        }),
+        providers: activity.into_iter().map(|a| provider_row(a, now)).collect(),
+        health_known: unhealthy.is_some(),
+        unhealthy: unhealthy
+            .unwrap_or_default()
+            .iter()
+            .map(|k| provider_name(k))
+            .collect(),
+        more_dead_letters: letters.next_cursor.is_some(),
+        shown: letters.dead_letters.len(),
+        dead_letters: letters
+            .dead_letters
+            .into_iter()
+            .map(|l| letter_row(l, now))
+            .collect(),
+    })
+}
+
+fn store_error(error: sqlx::Error) -> ApiError {
+    crate::store::StoreError::from(error).into()
+}
+
+fn level(value: i64, warn: i64, bad: i64) -> &'static str {
+    if value >= bad {
+        "bad"
+    } else if value >= warn {
+        "warn"
+    } else {
+        "ok"
+    }
+}
+
+fn bars(minutes: &[MinuteCounts]) -> Vec<Bar> {
+    let top = minutes
+        .iter()
+        .map(|m| m.sent + m.dead)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    minutes
+        .iter()
+        .map(|m| Bar {
+            label: chrono::DateTime::from_timestamp(m.minute, 0)
+                .map(|t| t.format("%H:%M UTC").to_string())
+                .unwrap_or_default(),
+            sent: m.sent,
+            dead: m.dead,
+            sent_pct: m.sent * 100 / top,
+            dead_pct: m.dead * 100 / top,
+        })
+        .collect()
+}
+
+fn provider_row(a: ProviderActivity, now: Timestamp) -> ProviderRow {
+    let (status, status_label) = match (a.sent, a.retrying + a.dead) {
+        (_, 0) => ("ok", "Healthy"),
+        (0, _) => ("bad", "Failing"),
+        _ => ("warn", "Degraded"),
+    };
+    ProviderRow {
+        last_sent: a.last_sent_at.map_or("–".into(), |t| ago(t, now)),
+        last_sent_at: a.last_sent_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        tenant_id: a.tenant_id,
+        provider: a.secondary_auth_provider_id,
+        sent: a.sent,
+        retrying: a.retrying,
+        dead: a.dead,
+        status,
+        status_label,
+    }
+}
+
+/// `tenant:provider@version` (the engine's key) without the version.
+fn provider_name(key: &str) -> String {
+    key.split_once('@')
+        .map_or(key, |(name, _)| name)
+        .to_string()
+}
+
+fn letter_row(letter: DeadLetterView, now: Timestamp) -> LetterRow {
+    let dead_ago = chrono::DateTime::parse_from_rfc3339(&letter.dead_at)
+        .map(|t| ago(Timestamp::from(t.with_timezone(&chrono::Utc)), now))
+        .unwrap_or_default();
+    LetterRow {
+        kind_label: match letter.kind.as_str() {
+            "enrollment_code" => "Enrollment code",
+            "login_code" => "Login code",
+            _ => "Factor removed",
+        },
+        reason_label: match letter.reason.as_str() {
+            "attempts_exhausted" => "Retries exhausted",
+            "rejected" => "Rejected by SMTP",
+            "render" => "Could not render",
+            _ => "Cannot be sent",
+        },
+        dead_ago,
+        letter,
+    }
+}
+
+/// "12 s ago", "4 min ago", "3 h ago", "2 d ago".
+fn ago(at: Timestamp, now: Timestamp) -> String {
+    format!(
+        "{} ago",
+        duration_text(now.unix_seconds() - at.unix_seconds())
+    )
+}
+
+fn duration_text(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_template_parses() {
+        assert!(TEMPLATES.get_template("dashboard").is_some());
+    }
+
+    #[test]
+    fn durations_read_like_a_person_says_them() {
+        assert_eq!(duration_text(-3), "0 s");
+        assert_eq!(duration_text(59), "59 s");
+        assert_eq!(duration_text(125), "2 min");
+        assert_eq!(duration_text(7200), "2 h");
+        assert_eq!(duration_text(200_000), "2 d");
+    }
+
+    #[test]
+    fn a_page_with_everything_renders() {
+        let letter = DeadLetterView {
+            id: "01J".into(),
+            tenant_id: "acme".into(),
+            delivery_id: "01D".into(),
+            kind: "login_code".into(),
+            recipient: "j***@example.com".into(),
+            attempts: 6,
+            last_error: None,
+            dead_at: "2026-11-28T07:00:00Z".into(),
+            reason: "attempts_exhausted".into(),
+        };
+        let now = Timestamp::now();
+        let page = Page {
+            generated_at: now.to_rfc3339(),
+            backend: "sqlite",
+            queue_backend: "sqlite",
+            queue: QueueEntry {
+                name: "emails",
+                pending: 1,
+                scheduled: 2,
+                running: 3,
+                done: 4,
+                failed: 5,
+                dead: 1,
+                oldest_pending_age_seconds: 7,
+            },
+            oldest: duration_text(7),
+            oldest_class: "ok",
+            dead_class: "warn",
+            bars: bars(&[MinuteCounts {
+                minute: 60,
+                sent: 3,
+                dead: 1,
+            }]),
+            sent_total: 3,
+            dead_total: 1,
+            sent_per_minute: "0.2".into(),
+            failure_rate: "25.0 %".into(),
+            failure_class: "bad",
+            providers: vec![],
+            health_known: true,
+            unhealthy: vec!["acme:p1".into()],
+            dead_letters: vec![letter_row(letter, now)],
+            shown: 1,
+            more_dead_letters: false,
+        };
+        let html = TEMPLATES.render("dashboard", &page).expect("renders");
+        assert!(html.contains("data-dead-letter=\"01J\""));
+    }
+}

@@ -1,0 +1,115 @@
+//! The dead letters table: deliveries that gave up, with why, until an
+//! operator resolves them by a resend or a discard.
+//!
+//! Resolving is one conditional update on `resolved_at is null`, so of two
+//! operators acting on the same letter at the same moment exactly one wins.
+//! The engine writes letters ([`crate::deliveries::mark_dead`]); the service's
+//! operations API reads and resolves them through the functions here.
+
+use crate::db::{Db, Timestamp, Tx};
+use crate::deliveries::Delivery;
+use crate::{with_db, with_tx};
+
+/// A dead letter row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeadLetter {
+    /// ULID.
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// The delivery that gave up.
+    pub delivery_id: String,
+    /// `enrollment_code`, `login_code` or `factor_removed`.
+    pub kind: String,
+    /// The full address (mask it before showing it).
+    pub recipient: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// `attempts_exhausted`, `rejected`, `permanent` or `render`.
+    pub reason: String,
+    /// When it gave up.
+    pub dead_at: Timestamp,
+}
+
+const COLUMNS: &str =
+    "id, tenant_id, delivery_id, kind, recipient, attempts, last_error, reason, dead_at";
+
+/// Which unresolved letters to read, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    /// Only this tenant's.
+    pub tenant_id: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only those dead at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only those strictly older than this `(dead_at, id)` (a page cursor).
+    pub before: Option<(Timestamp, String)>,
+}
+
+/// Unresolved letters matching `filter`, newest first (`dead_at`, then id).
+pub async fn list_unresolved(
+    db: &Db,
+    filter: &DeadLetterFilter,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "select {COLUMNS} from dead_letters \
+         where resolved_at is null \
+            and ($1 is null or tenant_id = $1) and ($2 is null or kind = $2) \
+            and ($3 is null or dead_at >= $3) \
+            and ($4 is null or dead_at < $4 or (dead_at = $4 and id < $5)) \
+         order by dead_at desc, id desc limit $6"
+    ));
+    let (before_at, before_id) = filter.before.clone().unzip();
+    with_db!(db, pool => sqlx::query_as(sql)
+        .bind(&filter.tenant_id).bind(&filter.kind).bind(filter.since)
+        .bind(before_at).bind(before_id).bind(limit).fetch_all(pool).await)
+}
+
+/// Marks an unresolved letter resolved (`resent` or `discarded`) and returns
+/// it; `None` when there is no such letter or it was resolved already.
+pub async fn resolve(
+    tx: &mut Tx,
+    id: &str,
+    resolution: &str,
+    now: Timestamp,
+) -> Result<Option<DeadLetter>, sqlx::Error> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "update dead_letters set resolved_at = $2, resolution = $3 \
+         where id = $1 and resolved_at is null returning {COLUMNS}"
+    ));
+    with_tx!(tx, conn => sqlx::query_as(sql).bind(id).bind(now).bind(resolution)
+        .fetch_optional(conn).await)
+}
+
+/// The delivery a letter belongs to, with what a resend copies.
+pub async fn delivery_in(tx: &mut Tx, id: &str) -> Result<Option<Delivery>, sqlx::Error> {
+    with_tx!(tx, conn => sqlx::query_as(
+        "select id, tenant_id, kind, user_id, recipient, user_name, locale, role, challenge_id, \
+            secondary_auth_provider_id, status, attempts, max_attempts, not_after, created_at \
+         from deliveries where id = $1")
+        .bind(id).fetch_optional(conn).await)
+}
+
+/// Moves a `dead` delivery to `resent` or `discarded`.
+pub async fn set_dead_delivery_status(
+    tx: &mut Tx,
+    id: &str,
+    status: &str,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    with_tx!(tx, conn => sqlx::query(
+        "update deliveries set status = $2, updated_at = $3 where id = $1 and status = 'dead'")
+        .bind(id).bind(status).bind(now).execute(conn).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// How many letters are unresolved (the dead letters gauge).
+pub async fn count_unresolved(db: &Db) -> Result<i64, sqlx::Error> {
+    let (n,): (i64,) = with_db!(db, pool => sqlx::query_as(
+        "select count(*) from dead_letters where resolved_at is null").fetch_one(pool).await)?;
+    Ok(n)
+}

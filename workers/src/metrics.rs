@@ -1,0 +1,45 @@
+//! The engine's Prometheus metrics, recorded through the `metrics` facade
+//! (the service installs the exporter). Labels are bounded: an outcome, a
+//! result or a kind, never a user, an address or a tenant.
+
+use std::time::Duration;
+
+use crate::db::Timestamp;
+use crate::engine::Outcome;
+use crate::transport::SendError;
+
+/// Counts a finished attempt by its outcome (`email2fa_deliveries_total`).
+pub fn outcome(outcome: &Outcome) {
+    let label = match outcome {
+        Outcome::Sent => "sent",
+        Outcome::Retrying => "retrying",
+        Outcome::Dead => "dead",
+        Outcome::Finished(status) => status,
+        Outcome::Skipped => return,
+    };
+    metrics::counter!("email2fa_deliveries_total", "outcome" => label).increment(1);
+}
+
+/// Records one SMTP send: the attempt by result, its latency, and for an
+/// accepted email the time since its webhook created it.
+pub fn send(result: &Result<String, SendError>, took: Duration, created_at: Timestamp) {
+    let label = match result {
+        Ok(_) => "accepted",
+        Err(SendError::Transient(_)) => "transient",
+        Err(SendError::AuthFailed(_)) => "auth_failed",
+        Err(SendError::Permanent(_)) => "rejected",
+    };
+    metrics::counter!("email2fa_delivery_attempts_total", "result" => label).increment(1);
+    metrics::histogram!("email2fa_smtp_send_duration_seconds", "result" => label)
+        .record(took.as_secs_f64());
+    if result.is_ok() {
+        let since = chrono::Utc::now() - created_at.as_datetime();
+        let seconds = since.num_microseconds().unwrap_or(0) as f64 / 1e6;
+        metrics::histogram!("email2fa_delivery_end_to_end_seconds").record(seconds.max(0.0));
+    }
+}
+
+/// Sets the number of SMTP providers rejecting our credentials.
+pub fn unhealthy_providers(count: usize) {
+    metrics::gauge!("email2fa_smtp_providers_unhealthy").set(count as f64);
+}
