@@ -167,7 +167,9 @@ impl Store {
             "select {DEVICE_COLUMNS} from trusted_devices where tenant_id = $1 and user_id = $2 \
              and revoked_at is null and expires_at > $3 order by created_at desc, id desc"
         ));
-        Ok(with_tx!(tx, conn => sqlx::query_as(sql).bind(tenant_id).bind(user_id).bind(now)
-            .fetch_all(conn).await)?)
+        Ok(
+            with_tx!(tx, conn => sqlx::query_as(sql).bind(tenant_id).bind(user_id).bind(now)
+            .fetch_all(conn).await)?,
+        )
     }
 }

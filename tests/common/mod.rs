@@ -369,6 +369,13 @@ impl TestApp {
     }
 
     async fn start(settings: Settings, guard: DbGuard) -> Self {
+        // EMAIL2FA_TEST_LOG=debug shows the service's logs while debugging a test.
+        if let Ok(filter) = std::env::var("EMAIL2FA_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let store = app::open_store(&settings).await.expect("open store");
         let secret = email2fa::crypto::new_signing_secret();
         store

@@ -79,9 +79,12 @@ impl Default for EngineConfig {
     }
 }
 
-/// A job whose delivery row is not visible yet is retried for this long
-/// (the ingress may push before its transaction commits), then dropped.
+/// A job whose delivery row is missing is only waited for while it is this
+/// young (older: its webhook's transaction was rolled back).
 const INVISIBLE_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a worker waits for a young job's row to become visible.
+const VISIBILITY_WAIT: Duration = Duration::from_secs(2);
 
 /// The engine. Cheap to clone.
 pub struct Engine<S> {
@@ -165,12 +168,10 @@ impl<S: MessageSource> Engine<S> {
     #[tracing::instrument(skip_all, fields(delivery.id = %job.delivery_id))]
     pub async fn attempt(&self, job: EmailJob) -> Result<Outcome, sqlx::Error> {
         let inner = &self.inner;
-        let now = Timestamp::now();
-        let Some(delivery) =
-            deliveries::claim(&inner.db, &job.delivery_id, now, inner.config.lease_seconds).await?
-        else {
-            return self.not_claimed(job).await;
+        let Some(delivery) = self.claim_when_visible(&job).await? else {
+            return Ok(Outcome::Skipped);
         };
+        let now = Timestamp::now();
         if delivery.not_after.is_some_and(|end| end <= now) {
             deliveries::mark_finished(
                 &inner.db,
@@ -248,25 +249,43 @@ impl<S: MessageSource> Engine<S> {
         build_message(&prepared.from, &to, &rendered, &rendered.locale).map_err(|e| e.to_string())
     }
 
-    async fn not_claimed(&self, job: EmailJob) -> Result<Outcome, sqlx::Error> {
-        if deliveries::status_of(&self.inner.db, &job.delivery_id)
-            .await?
-            .is_some()
-        {
-            return Ok(Outcome::Skipped);
-        }
-        // Not visible yet: the ingress pushes before it commits.
-        let age = ulid::Ulid::from_string(&job.delivery_id)
-            .ok()
-            .and_then(|ulid| ulid.datetime().elapsed().ok())
-            .unwrap_or(INVISIBLE_GRACE);
-        if age < INVISIBLE_GRACE {
-            let at = chrono::Utc::now() + chrono::Duration::milliseconds(500);
-            if let Err(error) = self.inner.queue.push(job, Some(at)).await {
-                tracing::warn!(%error, "could not re-push a job whose delivery is not visible yet");
+    /// Claims the job's delivery. With Redis the ingress pushes a job just
+    /// before its transaction commits, so a fast worker can see the job
+    /// before its row: a young job whose row is missing waits for it (up to
+    /// [`VISIBILITY_WAIT`]), then leaves it to the outbox sweep.
+    async fn claim_when_visible(&self, job: &EmailJob) -> Result<Option<Delivery>, sqlx::Error> {
+        let inner = &self.inner;
+        let waited_since = std::time::Instant::now();
+        loop {
+            let now = Timestamp::now();
+            if let Some(delivery) =
+                deliveries::claim(&inner.db, &job.delivery_id, now, inner.config.lease_seconds)
+                    .await?
+            {
+                return Ok(Some(delivery));
             }
+            match deliveries::status_of(&inner.db, &job.delivery_id)
+                .await?
+                .as_deref()
+            {
+                // Committed between our claim and this read: claim again.
+                Some("queued") if waited_since.elapsed() < VISIBILITY_WAIT => continue,
+                // Finished, another worker has it, or a retry not due yet.
+                Some(_) => return Ok(None),
+                None => {}
+            }
+            let age = ulid::Ulid::from_string(&job.delivery_id)
+                .ok()
+                .and_then(|ulid| ulid.datetime().elapsed().ok())
+                .unwrap_or(INVISIBLE_GRACE);
+            if age >= INVISIBLE_GRACE || waited_since.elapsed() >= VISIBILITY_WAIT {
+                // Rolled back (the webhook failed after the push), or very
+                // slow: if it ever commits, the sweep pushes it again.
+                tracing::debug!(delivery.id = %job.delivery_id, "delivery not visible; leaving it to the sweep");
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Outcome::Skipped)
     }
 
     fn delay_for(&self, attempts: i32) -> Duration {
