@@ -10,7 +10,7 @@ use common::ops::{TOKEN, collect, dead_letters, ops, ready, sqlite_app, start_en
 use common::{TestApp, code_in};
 use serde_json::json;
 
-on_both_backends_with_ops!(
+on_every_queue_with_ops!(
     an_smtp_outage_leaves_dead_letters_and_a_bulk_resend_after_recovery_delivers_fresh_codes,
     a_closed_challenge_is_refused_and_discard_removes_the_letter,
 );
