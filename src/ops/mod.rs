@@ -134,9 +134,13 @@ impl From<DeadLetter> for DeadLetterView {
     fn from(letter: DeadLetter) -> Self {
         let masked = mask_recipient(&letter.recipient);
         Self {
-            last_error: letter
-                .last_error
-                .map(|e| replace_ignoring_case(&e, &letter.recipient, &masked)),
+            last_error: letter.last_error.map(|e| {
+                email2fa_workers::dead_letters::replace_ignoring_case(
+                    &e,
+                    &letter.recipient,
+                    &masked,
+                )
+            }),
             id: letter.id,
             tenant_id: letter.tenant_id,
             delivery_id: letter.delivery_id,
@@ -169,26 +173,6 @@ pub fn mask_recipient(address: &str) -> String {
         Some(domain) => format!("{first}***@{domain}"),
         None => format!("{first}***"),
     }
-}
-
-/// `text` with every occurrence of `needle` (ASCII case ignored: SMTP
-/// servers echo addresses in any case) replaced by `with`.
-fn replace_ignoring_case(text: &str, needle: &str, with: &str) -> String {
-    if needle.is_empty() {
-        return text.to_string();
-    }
-    // ASCII lowercasing keeps every byte offset, so positions found in the
-    // lowered copy are valid in `text`.
-    let (lower, needle) = (text.to_ascii_lowercase(), needle.to_ascii_lowercase());
-    let mut out = String::with_capacity(text.len());
-    let mut rest = 0;
-    for (at, _) in lower.match_indices(&needle) {
-        out.push_str(&text[rest..at]);
-        out.push_str(with);
-        rest = at + needle.len();
-    }
-    out.push_str(&text[rest..]);
-    out
 }
 
 /// Builds a filter from operator input, naming each bad field.
@@ -296,7 +280,7 @@ mod tests {
 
     #[test]
     fn the_address_is_masked_inside_the_last_error_too() {
-        let masked = replace_ignoring_case(
+        let masked = email2fa_workers::dead_letters::replace_ignoring_case(
             "550 5.1.1 <Jane@Example.com>: no such user (jane@example.com)",
             "jane@example.com",
             "j***@example.com",

@@ -113,3 +113,24 @@ pub async fn count_unresolved(db: &Db) -> Result<i64, sqlx::Error> {
         "select count(*) from dead_letters where resolved_at is null").fetch_one(pool).await)?;
     Ok(n)
 }
+
+/// `text` with every occurrence of `needle` (ASCII case ignored: SMTP
+/// servers echo addresses in any case) replaced by `with`. Used to keep
+/// recipients' addresses out of logs and to mask them in answers.
+pub fn replace_ignoring_case(text: &str, needle: &str, with: &str) -> String {
+    if needle.is_empty() {
+        return text.to_string();
+    }
+    // ASCII lowercasing keeps every byte offset, so positions found in the
+    // lowered copy are valid in `text`.
+    let (lower, needle) = (text.to_ascii_lowercase(), needle.to_ascii_lowercase());
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (at, _) in lower.match_indices(&needle) {
+        out.push_str(&text[rest..at]);
+        out.push_str(with);
+        rest = at + needle.len();
+    }
+    out.push_str(&text[rest..]);
+    out
+}

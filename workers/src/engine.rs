@@ -17,6 +17,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use lettre::message::Mailbox;
 
 use crate::db::{Db, Timestamp};
+use crate::dead_letters::replace_ignoring_case;
 use crate::deliveries::{self, Delivery};
 use crate::queue::{EmailJob, Queue};
 use crate::render::{MessageKind, Renderer, TemplateContext, build_message};
@@ -82,25 +83,6 @@ impl Default for EngineConfig {
 /// A job whose delivery row is missing is only waited for while it is this
 /// young (older: its webhook's transaction was rolled back).
 const INVISIBLE_GRACE: Duration = Duration::from_secs(30);
-
-/// An SMTP error for the log: servers echo the recipient's address, which
-/// has no place in a log line (it stays in the delivery's `last_error`).
-fn without_recipient(error: &str, delivery: &Delivery) -> String {
-    if delivery.recipient.is_empty() {
-        return error.to_string();
-    }
-    let lower = error.to_ascii_lowercase();
-    let needle = delivery.recipient.to_ascii_lowercase();
-    let mut out = String::with_capacity(error.len());
-    let mut rest = 0;
-    for (at, _) in lower.match_indices(&needle) {
-        out.push_str(&error[rest..at]);
-        out.push_str("<recipient>");
-        rest = at + needle.len();
-    }
-    out.push_str(&error[rest..]);
-    out
-}
 
 /// How long a worker waits for a young job's row to become visible.
 const VISIBILITY_WAIT: Duration = Duration::from_secs(2);
@@ -354,7 +336,7 @@ impl<S: MessageSource> Engine<S> {
         tracing::info!(
             attempts = delivery.attempts,
             delay_ms = delay.as_millis() as u64,
-            error = %without_recipient(why, delivery),
+            error = %replace_ignoring_case(why, &delivery.recipient, "<recipient>"),
             "email send failed; retrying"
         );
         Ok(Outcome::Retrying)
@@ -367,7 +349,7 @@ impl<S: MessageSource> Engine<S> {
         why: &str,
     ) -> Result<Outcome, sqlx::Error> {
         deliveries::mark_dead(&self.inner.db, delivery, reason, why, Timestamp::now()).await?;
-        tracing::warn!(kind = %delivery.kind, attempts = delivery.attempts, reason, error = %without_recipient(why, delivery), "email dead-lettered");
+        tracing::warn!(kind = %delivery.kind, attempts = delivery.attempts, reason, error = %replace_ignoring_case(why, &delivery.recipient, "<recipient>"), "email dead-lettered");
         Ok(Outcome::Dead)
     }
 
