@@ -173,11 +173,14 @@ async fn a_worker_stopped_with_sigterm_finishes_its_sends_and_loses_nothing(app:
     .await;
     let status = first.signal("TERM");
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    let sending = app
+        .count("select count(*) from deliveries where status = 'sending'")
+        .await;
     assert_eq!(
-        app.count("select count(*) from deliveries where status = 'sending'")
-            .await,
+        sending,
         0,
-        "in-flight sends finished before the exit"
+        "in-flight sends finished before the exit; worker log:\n{}",
+        first.log_tail()
     );
     let sent_by_first = app.sink.count();
     assert!(sent_by_first < BURST, "the stop came mid-burst");

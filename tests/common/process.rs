@@ -176,6 +176,13 @@ impl Worker {
         }
     }
 
+    /// The last lines the process logged (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let text = self.stderr.lock().expect("lock").clone();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.contains("email sent")).collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
     /// How many emails this process logged as sent.
     pub fn sent(&self) -> usize {
         self.stderr

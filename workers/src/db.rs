@@ -21,9 +21,6 @@ use sqlx::{Decode, Encode, PgPool, Postgres, Sqlite, SqlitePool, Type};
 /// can live in the host's shared database without clashing with its tables.
 pub const PG_SCHEMA: &str = "email2fa";
 
-/// Connections of an SQLite pool (see [`Db::connect`]).
-pub const SQLITE_CONNECTIONS: u32 = 1;
-
 /// A connection pool on one of the two supported backends.
 #[derive(Clone, Debug)]
 pub enum Db {
@@ -163,12 +160,8 @@ impl Db {
         {
             std::fs::create_dir_all(dir).map_err(ConnectError::Directory)?;
         }
-        // One connection: SQLite has one writer anyway, and a second
-        // connection in the same process would wait for the write lock in
-        // SQLite's busy handler, which sleeps in steps of up to 100 ms; the
-        // pool's queue hands the connection over at once instead.
         let pool = SqlitePoolOptions::new()
-            .max_connections(SQLITE_CONNECTIONS)
+            .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await
