@@ -460,6 +460,25 @@ async fn push_many_runs_every_job_once(h: Harness) {
     runner.stop().await.expect("a clean stop");
 }
 
+/// A backlog larger than Redis's Lua `unpack` limit (8000) drains: the
+/// workers were down while the jobs arrived, so all of them are due at once
+/// (apalis-redis 1.0.0 wedged here; see vendor/README.md).
+async fn a_backlog_of_nine_thousand_due_jobs_drains(h: Harness) {
+    const BACKLOG: usize = 9_000;
+    let all = jobs("backlog", BACKLOG);
+    for chunk in all.chunks(1_000) {
+        h.queue.push_many(chunk.to_vec()).await.expect("push_many");
+    }
+    let recorder = Recorder::default();
+    let runner = start_runner(h.queue.clone(), 16, recorder.handler(Duration::ZERO));
+    wait_until("the backlog", Duration::from_secs(120), || {
+        recorder.finished() >= BACKLOG
+    })
+    .await;
+    assert_eq!(recorder.distinct(), BACKLOG);
+    runner.stop().await.expect("a clean stop");
+}
+
 async fn shutdown_waits_for_an_in_flight_handler(h: Harness) {
     let recorder = Recorder::default();
     let runner = start_runner(
@@ -731,6 +750,7 @@ on_every_backend!(
     a_job_scheduled_ahead_does_not_run_early,
     two_hundred_jobs_run_exactly_once_and_never_more_than_four_at_once,
     push_many_runs_every_job_once,
+    a_backlog_of_nine_thousand_due_jobs_drains,
     shutdown_waits_for_an_in_flight_handler,
     a_panicking_handler_does_not_kill_the_worker,
     two_runners_on_the_same_queue_run_every_job_exactly_once,
