@@ -281,10 +281,40 @@ fn spawn_receipt_pruning(store: Store, hours: i64) {
     });
 }
 
+/// How often [`keep_statistics_fresh`] looks.
+const STATISTICS_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Keeps the planner statistics of the service's tables fresh when the
+/// PostgreSQL server does not (autovacuum off; see
+/// [`Store::analyze_if_unattended`]): at start and every 30 s, in every
+/// long-running process. Ends when the runtime does.
+pub fn keep_statistics_fresh(store: &Store) {
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut told = false;
+        loop {
+            match store.analyze_if_unattended().await {
+                Ok(true) if !told => {
+                    told = true;
+                    tracing::warn!(
+                        "PostgreSQL's autovacuum is off: email2fa analyzes its own tables every {} s",
+                        STATISTICS_INTERVAL.as_secs()
+                    );
+                }
+                Ok(false) => return,
+                Ok(true) => {}
+                Err(error) => tracing::warn!(%error, "could not refresh the planner statistics"),
+            }
+            tokio::time::sleep(STATISTICS_INTERVAL).await;
+        }
+    });
+}
+
 /// `email2fa serve`: the ingress and the workers in one process, until
 /// SIGINT or SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
+    keep_statistics_fresh(&store);
     if let Some(secret) = ensure_default_tenant(&settings, &store).await? {
         println!(
             "Created tenant \"{DEFAULT_TENANT}\" on this new database. Its webhook signing secret is shown once; keep it:"
@@ -319,6 +349,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// the ingress apart from delivery. Emails queue up until a `worker` runs.
 pub async fn ingress(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
+    keep_statistics_fresh(&store);
     let queue = open_queue(&settings, &store).await?;
     start_metrics_listener(&settings, &store).await?;
     let server = start(Arc::new(settings), store.clone(), queue, shutdown_signal()).await?;
@@ -332,6 +363,7 @@ pub async fn ingress(settings: Settings) -> anyhow::Result<()> {
 /// delivery apart from the ingress.
 pub async fn work(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
+    keep_statistics_fresh(&store);
     let queue = open_queue(&settings, &store).await?;
     start_metrics_listener(&settings, &store).await?;
     let engine = engine(&settings, &store, &queue)?;

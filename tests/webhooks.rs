@@ -27,6 +27,8 @@ on_both_backends!(
     a_provider_in_use_cannot_be_deleted,
     a_refused_event_is_not_remembered_and_a_retry_runs_afresh,
     a_rotated_secret_keeps_the_old_one_valid_for_the_overlap,
+    a_secret_added_by_another_process_is_accepted_at_once,
+    planner_statistics_are_refreshed_when_autovacuum_is_off,
     an_unreachable_database_answers_503_and_writes_nothing,
     health_readiness_and_the_openapi_document_are_served,
 );
@@ -563,6 +565,75 @@ async fn a_rotated_secret_keeps_the_old_one_valid_for_the_overlap(mut app: TestA
         app.post_signed("settings.updated", json!({})).await.status,
         200
     );
+}
+
+/// The ingress caches tenants' keys; a secret added by another process
+/// (`tenant rotate-secret`) must not wait for the cache to expire.
+async fn a_secret_added_by_another_process_is_accepted_at_once(mut app: TestApp) {
+    assert_eq!(
+        app.post_signed("settings.updated", json!({})).await.status,
+        200,
+        "the keys are now cached"
+    );
+    let other_process = email2fa::app::open_store(&app.settings)
+        .await
+        .expect("a second store");
+    let new = email2fa::crypto::new_signing_secret();
+    let until = email2fa::store::Timestamp::now().plus_seconds(3600);
+    other_process
+        .rotate_secret(TENANT, &new, until)
+        .await
+        .expect("rotate");
+    app.secret = new;
+    assert_eq!(
+        app.post_signed("settings.updated", json!({})).await.status,
+        200,
+        "the new secret, right after the rotation"
+    );
+    app.secret = email2fa::crypto::new_signing_secret();
+    app.post_signed("settings.updated", json!({}))
+        .await
+        .assert_problem(401, "invalid_signature");
+}
+
+/// Without autovacuum nobody analyzes the tables, and the send-limit
+/// counts keep the plans made when the tables were empty: the service then
+/// analyzes its own tables, every one of them.
+async fn planner_statistics_are_refreshed_when_autovacuum_is_off(app: TestApp) {
+    let analyzed = app.store.analyze_if_unattended().await.expect("analyze");
+    let email2fa::store::Db::Postgres(pool) = app.store.db() else {
+        assert!(!analyzed, "nothing to analyze on SQLite");
+        return;
+    };
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "select tablename::text from pg_tables where schemaname = 'email2fa' \
+         and tablename <> '_sqlx_migrations'",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("tables");
+    assert!(tables.len() >= 14, "{tables:?}");
+    for (table,) in &tables {
+        assert!(
+            email2fa::store::ANALYZE_TABLES.contains(&format!("email2fa.{table}")),
+            "{table} is missing from ANALYZE_TABLES"
+        );
+    }
+    let (autovacuum,): (String,) = sqlx::query_as("select current_setting('autovacuum')")
+        .fetch_one(pool)
+        .await
+        .expect("setting");
+    assert_eq!(analyzed, autovacuum == "off");
+    if analyzed {
+        let (when,): (Option<chrono::DateTime<chrono::Utc>>,) = sqlx::query_as(
+            "select last_analyze from pg_stat_user_tables \
+             where schemaname = 'email2fa' and relname = 'deliveries'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("stats");
+        assert!(when.is_some(), "deliveries was analyzed");
+    }
 }
 
 async fn an_unreachable_database_answers_503_and_writes_nothing(app: TestApp) {

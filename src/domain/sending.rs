@@ -68,14 +68,25 @@ async fn check_limits(
     let limits = &ctx.config.limits;
     let store = ctx.store;
     store
-        .lock_for_limits(ctx.tx, &format!("user:{}:{user_id}", ctx.tenant_id))
+        .lock_for_limits(
+            ctx.tx,
+            &format!("user:{}:{user_id}", ctx.tenant_id),
+            &format!("rcpt:{}:{recipient}", ctx.tenant_id),
+        )
         .await?;
-    store
-        .lock_for_limits(ctx.tx, &format!("rcpt:{}:{recipient}", ctx.tenant_id))
+    let counts = store
+        .send_limit_counts(
+            ctx.tx,
+            ctx.tenant_id,
+            user_id,
+            recipient,
+            now.plus_seconds(-limits.user_window_seconds),
+            now.plus_seconds(-limits.recipient_window_seconds),
+        )
         .await?;
-    let (failures, last_failure) = store.failure_streak(ctx.tx, ctx.tenant_id, user_id).await?;
+    let failures = counts.failures;
     if failures >= limits.lockout_failures
-        && let Some(last) = last_failure
+        && let Some(last) = counts.last_failure_at
     {
         let until = last.plus_seconds(limits.lockout_seconds);
         if until > now {
@@ -87,12 +98,9 @@ async fn check_limits(
             });
         }
     }
-    let since = now.plus_seconds(-limits.user_window_seconds);
-    let (sent, oldest) = store
-        .code_sends_for_user(ctx.tx, ctx.tenant_id, user_id, since)
-        .await?;
-    if sent >= limits.codes_per_user {
-        let free = oldest
+    if counts.user_sends >= limits.codes_per_user {
+        let free = counts
+            .oldest_user_send
             .unwrap_or(now)
             .plus_seconds(limits.user_window_seconds);
         return Err(EventError::RateLimited {
@@ -104,12 +112,9 @@ async fn check_limits(
             ),
         });
     }
-    let since = now.plus_seconds(-limits.recipient_window_seconds);
-    let (sent, oldest) = store
-        .code_sends_to_recipient(ctx.tx, ctx.tenant_id, recipient, since)
-        .await?;
-    if sent >= limits.codes_per_recipient {
-        let free = oldest
+    if counts.recipient_sends >= limits.codes_per_recipient {
+        let free = counts
+            .oldest_recipient_send
             .unwrap_or(now)
             .plus_seconds(limits.recipient_window_seconds);
         return Err(EventError::RateLimited {

@@ -84,9 +84,9 @@ async fn handle(
         return Err(ApiError::UnknownTenant);
     }
     tracing::Span::current().record("tenant", tenant_id);
-    let tenant = state
+    let (tenant, cached) = state
         .store
-        .tenant_with_keys(tenant_id)
+        .tenant_with_cached_keys(tenant_id)
         .await?
         .ok_or(ApiError::UnknownTenant)?;
     let signed = SignatureHeaders {
@@ -95,14 +95,20 @@ async fn handle(
         signature: header_text(headers, "webhook-signature"),
     };
     let now = chrono::Utc::now().timestamp();
-    let (webhook_id, _) = signature::verify(
-        signed,
-        &body,
-        &tenant.keys,
-        now,
-        state.webhook.tolerance_seconds,
-    )
-    .map_err(signature_problem)?;
+    let tolerance = state.webhook.tolerance_seconds;
+    let verified = match signature::verify(signed, &body, &tenant.keys, now, tolerance) {
+        // The cached keys may predate a rotation: ask the database.
+        Err(SignatureError::NoMatch) if cached => {
+            let fresh = state
+                .store
+                .tenant_with_keys(tenant_id)
+                .await?
+                .ok_or(ApiError::UnknownTenant)?;
+            signature::verify(signed, &body, &fresh.keys, now, tolerance)
+        }
+        verified => verified,
+    };
+    let (webhook_id, _) = verified.map_err(signature_problem)?;
     let envelope = Envelope::parse(&body).map_err(|error| match error {
         EnvelopeError::Malformed(message) => ApiError::MalformedPayload(message),
         EnvelopeError::UnknownType(name) => ApiError::UnknownEventType(format!(

@@ -20,7 +20,7 @@ pub use providers::{SecondaryAuthProviderRow, ServiceProviderRow};
 pub use receipts::{Receipt, ReceiptClaim};
 pub use records::LoginDecision;
 pub use tenant_settings::TenantSettings;
-pub use tenants::{TenantSecretInfo, TenantSummary, TenantWithKeys};
+pub use tenants::{KEY_CACHE_TTL, KeyCache, TenantSecretInfo, TenantSummary, TenantWithKeys};
 
 use crate::crypto::{KeyedHasher, MasterKey, SecretBox, SecretBoxError};
 use email2fa_workers::db::{self, PG_SCHEMA};
@@ -74,9 +74,18 @@ pub struct Store {
     db: Db,
     secret_box: SecretBox,
     hasher: KeyedHasher,
+    key_cache: std::sync::Arc<KeyCache>,
 }
 
 const CREATE_SCHEMA: &str = "create schema if not exists email2fa";
+
+/// Every table of the service (`tests/webhooks.rs` checks the list against
+/// the schema).
+pub const ANALYZE_TABLES: &str = "analyze email2fa.tenants, email2fa.tenant_secrets, \
+    email2fa.tenant_settings, email2fa.service_providers, email2fa.secondary_auth_providers, \
+    email2fa.webhook_receipts, email2fa.factors, email2fa.challenges, email2fa.user_security, \
+    email2fa.trusted_devices, email2fa.login_decisions, email2fa.audit_events, \
+    email2fa.deliveries, email2fa.dead_letters";
 const _: () = assert!(
     PG_SCHEMA.len() == "email2fa".len(),
     "CREATE_SCHEMA names PG_SCHEMA"
@@ -89,6 +98,7 @@ impl Store {
             db,
             secret_box: SecretBox::new(master_key),
             hasher: KeyedHasher::new(master_key),
+            key_cache: std::sync::Arc::default(),
         }
     }
 
@@ -113,7 +123,7 @@ impl Store {
         // apalis-sqlite keeps its migrations in the same `_sqlx_migrations`
         // table, so each migrator must ignore the other's versions.
         match &self.db {
-            Db::Sqlite(pool) => {
+            Db::Sqlite(pool, _) => {
                 let mut migrator = sqlx::migrate!("./migrations/sqlite");
                 migrator.set_ignore_missing(true);
                 migrator.run(pool).await
@@ -125,6 +135,26 @@ impl Store {
                 migrator.run(pool).await
             }
         }
+    }
+
+    /// Refreshes the planner statistics of the service's tables when
+    /// nobody else does: on PostgreSQL with `autovacuum` off (some CI and
+    /// benchmark servers run so), tables that grow from empty keep the plans
+    /// made when they were empty, and the send-limit counts slow down with
+    /// every row. Returns whether it analysed; a no-op on SQLite and when
+    /// autovacuum is on.
+    pub async fn analyze_if_unattended(&self) -> StoreResult<bool> {
+        let Db::Postgres(pool) = &self.db else {
+            return Ok(false);
+        };
+        let (autovacuum,): (String,) = sqlx::query_as("select current_setting('autovacuum')")
+            .fetch_one(pool)
+            .await?;
+        if autovacuum != "off" {
+            return Ok(false);
+        }
+        sqlx::query(ANALYZE_TABLES).execute(pool).await?;
+        Ok(true)
     }
 
     /// Starts a transaction.

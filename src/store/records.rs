@@ -4,7 +4,7 @@
 use email2fa_workers::with_tx;
 use ulid::Ulid;
 
-use super::{Db, Store, StoreResult, Timestamp, Tx};
+use super::{Store, StoreResult, Timestamp, Tx};
 
 /// One `login.started` decision.
 #[derive(Debug, Clone)]
@@ -64,20 +64,6 @@ impl Store {
         Ok(())
     }
 
-    /// Consecutive failed tries of a user and the time of the last one.
-    pub async fn failure_streak(
-        &self,
-        tx: &mut Tx,
-        tenant_id: &str,
-        user_id: &str,
-    ) -> StoreResult<(i32, Option<Timestamp>)> {
-        let row: Option<(i32, Option<Timestamp>)> = with_tx!(tx, conn => sqlx::query_as(
-            "select consecutive_failures, last_failure_at from user_security \
-             where tenant_id = $1 and user_id = $2")
-            .bind(tenant_id).bind(user_id).fetch_optional(conn).await)?;
-        Ok(row.unwrap_or((0, None)))
-    }
-
     /// Adds one failed try to a user's streak.
     pub async fn record_failure(
         &self,
@@ -109,52 +95,75 @@ impl Store {
         Ok(())
     }
 
-    /// Serialises code sends for one key (a user, a recipient) across every
-    /// process sharing the database, until the transaction ends. PostgreSQL
-    /// takes a transaction-scoped advisory lock; SQLite transactions already
-    /// hold the database's write lock.
-    pub async fn lock_for_limits(&self, tx: &mut Tx, key: &str) -> StoreResult<()> {
-        if matches!(self.db, Db::Postgres(_))
-            && let super::Tx::Postgres(tx) = tx
-        {
-            sqlx::query("select pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(key)
-                .execute(&mut **tx)
-                .await?;
+    /// Serialises code sends for a user and a recipient across every
+    /// process sharing the database, until the transaction ends: one round
+    /// trip. PostgreSQL takes two transaction-scoped advisory locks, always
+    /// the user's first (a fixed order, so two sends cannot deadlock);
+    /// SQLite transactions already hold the database's write lock.
+    pub async fn lock_for_limits(
+        &self,
+        tx: &mut Tx,
+        user_key: &str,
+        recipient_key: &str,
+    ) -> StoreResult<()> {
+        if let super::Tx::Postgres(tx) = tx {
+            sqlx::query(
+                "select pg_advisory_xact_lock(hashtextextended($1, 0)), \
+                        pg_advisory_xact_lock(hashtextextended($2, 0))",
+            )
+            .bind(user_key)
+            .bind(recipient_key)
+            .execute(&mut **tx)
+            .await?;
         }
         Ok(())
     }
 
-    /// Code sends asked for a user since `since` (sent, queued, or replaced
-    /// by a newer one before going out: every request counts, so hammering
-    /// "Send New Code" cannot get around the limit): how many, and the
-    /// oldest one's time (when the window frees a slot).
-    pub async fn code_sends_for_user(
+    /// What the send limits look at, in one round trip: the user's streak of
+    /// wrong codes, and the code sends asked for the user since
+    /// `user_since` and to the address since `recipient_since` (sent,
+    /// queued, or replaced by a newer one before going out: every request
+    /// counts, so hammering "Send New Code" cannot get around the limit),
+    /// each with the oldest one's time (when the window frees a slot).
+    pub async fn send_limit_counts(
         &self,
         tx: &mut Tx,
         tenant_id: &str,
         user_id: &str,
-        since: Timestamp,
-    ) -> StoreResult<(i64, Option<Timestamp>)> {
-        Ok(with_tx!(tx, conn => sqlx::query_as(
-            "select count(*), min(created_at) from deliveries \
-             where tenant_id = $1 and user_id = $2 and created_at > $3 \
-                and kind in ('enrollment_code', 'login_code')")
-            .bind(tenant_id).bind(user_id).bind(since).fetch_one(conn).await)?)
-    }
-
-    /// Code emails sent or queued to an address since `since`.
-    pub async fn code_sends_to_recipient(
-        &self,
-        tx: &mut Tx,
-        tenant_id: &str,
         recipient: &str,
-        since: Timestamp,
-    ) -> StoreResult<(i64, Option<Timestamp>)> {
+        user_since: Timestamp,
+        recipient_since: Timestamp,
+    ) -> StoreResult<SendLimitCounts> {
         Ok(with_tx!(tx, conn => sqlx::query_as(
-            "select count(*), min(created_at) from deliveries \
-             where tenant_id = $1 and recipient = $2 and created_at > $3 \
-                and kind in ('enrollment_code', 'login_code')")
-            .bind(tenant_id).bind(recipient).bind(since).fetch_one(conn).await)?)
+            "select coalesce(s.consecutive_failures, 0) as failures, \
+                    s.last_failure_at as last_failure_at, \
+                    u.n as user_sends, u.oldest as oldest_user_send, \
+                    r.n as recipient_sends, r.oldest as oldest_recipient_send \
+             from (select count(*) as n, min(created_at) as oldest from deliveries \
+                   where tenant_id = $1 and user_id = $2 and created_at > $4 \
+                     and kind in ('enrollment_code', 'login_code')) u \
+             cross join (select count(*) as n, min(created_at) as oldest from deliveries \
+                   where tenant_id = $1 and recipient = $3 and created_at > $5 \
+                     and kind in ('enrollment_code', 'login_code')) r \
+             left join user_security s on s.tenant_id = $1 and s.user_id = $2")
+            .bind(tenant_id).bind(user_id).bind(recipient).bind(user_since).bind(recipient_since)
+            .fetch_one(conn).await)?)
     }
+}
+
+/// What [`Store::send_limit_counts`] reads.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SendLimitCounts {
+    /// Wrong codes in a row.
+    pub failures: i32,
+    /// The last wrong code's time.
+    pub last_failure_at: Option<Timestamp>,
+    /// Code sends for the user in the user window.
+    pub user_sends: i64,
+    /// The oldest of those.
+    pub oldest_user_send: Option<Timestamp>,
+    /// Code sends to the address in the recipient window.
+    pub recipient_sends: i64,
+    /// The oldest of those.
+    pub oldest_recipient_send: Option<Timestamp>,
 }

@@ -1,5 +1,9 @@
 //! Tenants and their signing secrets (sealed with the master key).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use email2fa_workers::{with_db, with_tx};
 use ulid::Ulid;
 
@@ -7,12 +11,82 @@ use super::{Store, StoreError, StoreResult, TenantSettings, Timestamp};
 use crate::crypto;
 
 /// A tenant with the keys of its currently valid signing secrets.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TenantWithKeys {
     /// The tenant id.
     pub id: String,
     /// Raw HMAC keys (decoded secrets); never logged.
     pub keys: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TenantWithKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantWithKeys")
+            .field("id", &self.id)
+            .field("keys", &format_args!("[{} redacted]", self.keys.len()))
+            .finish()
+    }
+}
+
+/// How long the ingress trusts a tenant's keys read from the database.
+///
+/// Staleness is bounded both ways: a key read here still expires at its own
+/// `expires_at` (checked at each use), a signature that no cached key
+/// matches is checked again against the database (so a secret added by
+/// `tenant rotate-secret` in another process works at once), and a secret
+/// whose expiry was brought forward stays accepted at most this long.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Most tenants kept; past this the cache starts over (a bound, not an LRU:
+/// a platform has a handful of tenants).
+const KEY_CACHE_CAPACITY: usize = 4096;
+
+/// The ingress's cache of tenants' signing keys (one database round trip
+/// less per webhook).
+#[derive(Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, CachedKeys>>,
+}
+
+struct CachedKeys {
+    read_at: Instant,
+    keys: Vec<(Vec<u8>, Option<Timestamp>)>,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache").finish_non_exhaustive()
+    }
+}
+
+impl KeyCache {
+    fn get(&self, id: &str, now: Timestamp) -> Option<TenantWithKeys> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = entries.get(id)?;
+        (cached.read_at.elapsed() < KEY_CACHE_TTL).then(|| TenantWithKeys {
+            id: id.to_string(),
+            keys: cached
+                .keys
+                .iter()
+                .filter(|(_, expires_at)| expires_at.is_none_or(|at| at > now))
+                .map(|(key, _)| key.clone())
+                .collect(),
+        })
+    }
+
+    fn forget(&self, id: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(id);
+    }
+
+    fn put(&self, id: &str, keys: Vec<(Vec<u8>, Option<Timestamp>)>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= KEY_CACHE_CAPACITY && !entries.contains_key(id) {
+            entries.clear();
+        }
+        let read_at = Instant::now();
+        entries.insert(id.to_string(), CachedKeys { read_at, keys });
+    }
 }
 
 /// A tenant as `tenant list` shows it: no secrets, only their validity.
@@ -49,6 +123,12 @@ struct TenantRow {
 #[derive(sqlx::FromRow)]
 struct KeyRow {
     secret_sealed: Option<Vec<u8>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ExpiringKeyRow {
+    secret_sealed: Option<Vec<u8>>,
+    expires_at: Option<Timestamp>,
 }
 
 fn secret_context(tenant_id: &str) -> String {
@@ -118,15 +198,38 @@ impl Store {
              where tenant_id = $1 and (expires_at is null or expires_at > $2)")
             .bind(id).bind(overlap_until).execute(conn).await.map(|r| r.rows_affected()))?;
         self.insert_secret(&mut tx, id, secret, now).await?;
-        super::commit(tx).await
+        super::commit(tx).await?;
+        // This process sees the new expiries at once; others within
+        // KEY_CACHE_TTL.
+        self.key_cache.forget(id);
+        Ok(())
     }
 
-    /// The tenant and its valid keys, or `None` when there is no such tenant.
+    /// The tenant and its valid keys, or `None` when there is no such
+    /// tenant: from the [`KeyCache`] when it was read less than
+    /// [`KEY_CACHE_TTL`] ago. The `bool` tells whether it came from the
+    /// cache (a signature that fails against cached keys deserves a
+    /// [`Store::tenant_with_keys`]).
+    pub async fn tenant_with_cached_keys(
+        &self,
+        id: &str,
+    ) -> StoreResult<Option<(TenantWithKeys, bool)>> {
+        if let Some(tenant) = self.key_cache.get(id, Timestamp::now()) {
+            return Ok(Some((tenant, true)));
+        }
+        Ok(self
+            .tenant_with_keys(id)
+            .await?
+            .map(|tenant| (tenant, false)))
+    }
+
+    /// The tenant and its valid keys, read from the database (and kept in
+    /// the [`KeyCache`]), or `None` when there is no such tenant.
     #[tracing::instrument(skip_all, fields(tenant = %id))]
     pub async fn tenant_with_keys(&self, id: &str) -> StoreResult<Option<TenantWithKeys>> {
         let now = Timestamp::now();
-        let rows: Vec<KeyRow> = with_db!(&self.db, pool => sqlx::query_as(
-            "select s.secret_sealed from tenants t \
+        let rows: Vec<ExpiringKeyRow> = with_db!(&self.db, pool => sqlx::query_as(
+            "select s.secret_sealed, s.expires_at from tenants t \
              left join tenant_secrets s on s.tenant_id = t.id \
                  and (s.expires_at is null or s.expires_at > $2) \
              where t.id = $1")
@@ -136,16 +239,20 @@ impl Store {
         }
         let context = secret_context(id);
         let mut keys = Vec::with_capacity(rows.len());
-        for sealed in rows.into_iter().filter_map(|row| row.secret_sealed) {
+        for row in rows {
+            let Some(sealed) = row.secret_sealed else {
+                continue;
+            };
             let secret = self.secret_box.open(&sealed, &context)?;
             let secret = String::from_utf8_lossy(&secret);
             if let Some(key) = crypto::decode_signing_secret(&secret) {
-                keys.push(key);
+                keys.push((key, row.expires_at));
             }
         }
+        self.key_cache.put(id, keys.clone());
         Ok(Some(TenantWithKeys {
             id: id.to_string(),
-            keys,
+            keys: keys.into_iter().map(|(key, _)| key).collect(),
         }))
     }
 

@@ -610,7 +610,7 @@ impl Drop for TestApp {
 pub async fn everything_stored(app: &TestApp) -> String {
     let mut out = String::new();
     match app.store.db() {
-        email2fa_workers::db::Db::Sqlite(pool) => {
+        email2fa_workers::db::Db::Sqlite(pool, _) => {
             let _ = sqlx::query("pragma wal_checkpoint(passive)")
                 .execute(pool)
                 .await;

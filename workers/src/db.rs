@@ -7,6 +7,7 @@
 //! `#[derive(sqlx::FromRow)]`, which is generic over the backend.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
@@ -24,10 +25,41 @@ pub const PG_SCHEMA: &str = "email2fa";
 /// A connection pool on one of the two supported backends.
 #[derive(Clone, Debug)]
 pub enum Db {
-    /// The embedded default: one SQLite file in WAL mode.
-    Sqlite(SqlitePool),
+    /// The embedded default: one SQLite file in WAL mode, and the lock that
+    /// lines up this process's write transactions.
+    Sqlite(SqlitePool, WriteLock),
     /// The production deployment: the host's shared PostgreSQL database.
     Postgres(PgPool),
+}
+
+/// Lines up one process's SQLite write transactions.
+///
+/// SQLite admits one writer at a time. Without this lock every other writer
+/// waits in SQLite's busy handler, which polls in sleeps of up to 100 ms, so
+/// under load a transaction waits far longer than the lock is held. Here the
+/// writers queue in FIFO order and the next starts the moment the last one
+/// commits. Other processes on the same file (a separate `worker`, the CLI)
+/// still meet the busy handler. Waiting longer than the pool's acquire
+/// timeout counts as the database being unavailable, like a pool timeout.
+#[derive(Clone, Debug)]
+pub struct WriteLock {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    timeout: Duration,
+}
+
+impl WriteLock {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            lock: Arc::default(),
+            timeout,
+        }
+    }
+
+    async fn acquire(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, sqlx::Error> {
+        tokio::time::timeout(self.timeout, Arc::clone(&self.lock).lock_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)
+    }
 }
 
 /// Runs the same expression against whichever pool a [`Db`] holds.
@@ -38,7 +70,7 @@ pub enum Db {
 macro_rules! with_db {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
-            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Sqlite($pool, _) => $body,
             $crate::db::Db::Postgres($pool) => $body,
         }
     };
@@ -48,11 +80,16 @@ macro_rules! with_db {
 ///
 /// SQLite transactions start with `begin immediate`, taking the write lock at
 /// once: a deferred transaction that reads first and writes later can fail
-/// with `SQLITE_BUSY` when another writer slipped in between.
+/// with `SQLITE_BUSY` when another writer slipped in between. They hold the
+/// process's [`WriteLock`] until they end.
 #[derive(Debug)]
 pub enum Tx {
-    /// On SQLite.
-    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    /// On SQLite, with this process's write lock (released after the
+    /// transaction: the fields drop in order).
+    Sqlite(
+        sqlx::Transaction<'static, Sqlite>,
+        tokio::sync::OwnedMutexGuard<()>,
+    ),
     /// On PostgreSQL.
     Postgres(sqlx::Transaction<'static, Postgres>),
 }
@@ -63,7 +100,7 @@ pub enum Tx {
 macro_rules! with_tx {
     ($tx:expr, $conn:ident => $body:expr) => {
         match $tx {
-            $crate::db::Tx::Sqlite(tx) => {
+            $crate::db::Tx::Sqlite(tx, _) => {
                 let $conn = &mut **tx;
                 $body
             }
@@ -79,7 +116,7 @@ impl Tx {
     /// Makes the transaction's writes durable and visible.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Self::Sqlite(tx) => tx.commit().await,
+            Self::Sqlite(tx, _turn) => tx.commit().await,
             Self::Postgres(tx) => tx.commit().await,
         }
     }
@@ -87,7 +124,7 @@ impl Tx {
     /// Drops the transaction's writes.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
-            Self::Sqlite(tx) => tx.rollback().await,
+            Self::Sqlite(tx, _turn) => tx.rollback().await,
             Self::Postgres(tx) => tx.rollback().await,
         }
     }
@@ -166,7 +203,7 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(ConnectError::Connect)?;
-        Ok(Self::Sqlite(pool))
+        Ok(Self::Sqlite(pool, WriteLock::new(config.acquire_timeout)))
     }
 
     async fn connect_postgres(url: &str, config: &PoolConfig) -> Result<Self, ConnectError> {
@@ -185,7 +222,10 @@ impl Db {
     /// Starts a transaction (`begin immediate` on SQLite).
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         match self {
-            Self::Sqlite(pool) => Ok(Tx::Sqlite(pool.begin_with("begin immediate").await?)),
+            Self::Sqlite(pool, lock) => {
+                let turn = lock.acquire().await?;
+                Ok(Tx::Sqlite(pool.begin_with("begin immediate").await?, turn))
+            }
             Self::Postgres(pool) => Ok(Tx::Postgres(pool.begin().await?)),
         }
     }
@@ -193,7 +233,7 @@ impl Db {
     /// `"sqlite"` or `"postgres"`, for logs and metrics.
     pub fn backend_name(&self) -> &'static str {
         match self {
-            Self::Sqlite(_) => "sqlite",
+            Self::Sqlite(..) => "sqlite",
             Self::Postgres(_) => "postgres",
         }
     }

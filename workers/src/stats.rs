@@ -114,7 +114,7 @@ async fn per_minute(
 ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
     // Both names are constants of this module, never input.
     match db {
-        Db::Sqlite(pool) => {
+        Db::Sqlite(pool, _) => {
             let sql = format!(
                 "select cast(strftime('%s', {column}) as integer) / 60, count(*) from {table} \
                  where {column} >= $1 group by 1"

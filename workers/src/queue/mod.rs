@@ -246,7 +246,7 @@ impl Queue {
     /// reported here as [`QueueError::Unavailable`].
     pub async fn connect(target: QueueTarget) -> Result<Self, QueueError> {
         let backend = match target {
-            QueueTarget::Database(Db::Sqlite(pool)) => Backend::Sqlite(pool),
+            QueueTarget::Database(Db::Sqlite(pool, _)) => Backend::Sqlite(pool),
             QueueTarget::Database(Db::Postgres(pool)) => Backend::Postgres(pool),
             QueueTarget::Redis(url) => Backend::Redis(redis::RedisQueue::connect(&url).await?),
         };

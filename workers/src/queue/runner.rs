@@ -147,12 +147,25 @@ async fn run_worker<H, Fut>(
         })
         .shutdown_timeout(config.shutdown_timeout);
     let queue = queue.clone();
+    // On SQLite the apalis worker gets connections of its own, closed when
+    // it stops: apalis drops its last acknowledgement transaction half-way
+    // at shutdown, and the connection that held it kept the database's
+    // write lock, so the handlers still finishing could not record their
+    // sends ("database is locked"). Closing the pool rolls it back.
+    let mut own_pool = None;
     let monitor = match queue.backend.clone() {
-        Backend::Sqlite(pool) => monitor.register(move |_| {
-            let wakeups = Wakeups::new(vec![queue.local_wakeups()], poll_interval);
-            let backend = sqlite::worker_backend(&pool, &queue.name, batch_size, wakeups);
-            worker!(name.clone(), backend, concurrency, service.clone())
-        }),
+        Backend::Sqlite(shared) => {
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(SQLITE_WORKER_CONNECTIONS)
+                .acquire_timeout(shared.options().get_acquire_timeout())
+                .connect_lazy_with((*shared.connect_options()).clone());
+            own_pool = Some(pool.clone());
+            monitor.register(move |_| {
+                let wakeups = Wakeups::new(vec![queue.local_wakeups()], poll_interval);
+                let backend = sqlite::worker_backend(&pool, &queue.name, batch_size, wakeups);
+                worker!(name.clone(), backend, concurrency, service.clone())
+            })
+        }
         Backend::Postgres(pool) => monitor.register(move |_| {
             let sources = vec![
                 queue.local_wakeups(),
@@ -175,7 +188,18 @@ async fn run_worker<H, Fut>(
     {
         tracing::error!(%error, "the queue worker monitor failed");
     }
+    if let Some(pool) = own_pool
+        && tokio::time::timeout(Duration::from_secs(5), pool.close())
+            .await
+            .is_err()
+    {
+        tracing::warn!("the queue worker's SQLite connections did not close within 5 s");
+    }
 }
+
+/// Connections of the apalis worker on SQLite (fetch, acknowledgements,
+/// heartbeat).
+const SQLITE_WORKER_CONNECTIONS: u32 = 4;
 
 /// One job: decode it, run the handler in its own task, and turn a panic into
 /// an [`AbortError`], which apalis records as killed rather than retrying.
