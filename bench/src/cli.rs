@@ -64,6 +64,9 @@ pub struct Options {
     /// Rate of the ingress open loop, webhooks per second.
     #[arg(long)]
     pub open_rate: Option<f64>,
+    /// The two batch sizes of the linear scenario.
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    pub linear_counts: Option<Vec<u64>>,
     /// Connections of the closed loops (and of the open loops).
     #[arg(long)]
     pub concurrency: Option<usize>,

@@ -47,7 +47,8 @@ pub struct LoadSummary {
 }
 
 impl LoadResult {
-    fn empty() -> Self {
+    /// No requests yet.
+    pub fn empty() -> Self {
         Self {
             histogram: new_histogram(),
             ok: 0,
@@ -58,7 +59,9 @@ impl LoadResult {
         }
     }
 
-    fn merge(&mut self, other: Self) {
+    /// Adds another run's counts and latencies (the elapsed times add up).
+    pub fn merge(&mut self, other: Self) {
+        self.elapsed += other.elapsed;
         self.histogram
             .add(&other.histogram)
             .expect("histograms with the same bounds merge");
