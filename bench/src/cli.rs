@@ -65,7 +65,7 @@ pub struct Options {
     #[arg(long)]
     pub open_rate: Option<f64>,
     /// The two batch sizes of the linear scenario.
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',')]
     pub linear_counts: Option<Vec<u64>>,
     /// Connections of the closed loops (and of the open loops).
     #[arg(long)]
@@ -157,10 +157,11 @@ impl Config {
             drain_count: o.drain_count.unwrap_or(if smoke { 200 } else { 20_000 }),
             e2e_rate: o.rate.unwrap_or(if smoke { 50.0 } else { 450.0 }),
             e2e_duration: secs(o.e2e_duration_secs, 60, 3),
-            linear_counts: if smoke {
-                [100, 1000]
-            } else {
-                [10_000, 100_000]
+            linear_counts: match o.linear_counts.as_deref() {
+                Some([small, large]) => [*small, *large],
+                Some(_) => anyhow::bail!("--linear-counts takes two numbers, e.g. 10000,100000"),
+                None if smoke => [100, 1000],
+                None => [10_000, 100_000],
             },
             smtp_source_count: if smoke { 500 } else { 20_000 },
             bin: o

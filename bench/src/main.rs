@@ -79,7 +79,7 @@ async fn bench(config: Config, options: &cli::Options) -> anyhow::Result<bool> {
     let mut rows = Vec::new();
     let outcome = tokio::select! {
         result = run_all(&config, &env, &mut rows) => result,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
     };
     env.cleanup.run_all().await;
     machine["loadavg_after"] = machine::loadavg().into();
@@ -178,6 +178,21 @@ async fn baselines(config: &Config, env: &Env, rows: &mut Vec<Row>) {
             .into_iter()
             .filter(|r| !r.runs.is_empty()),
     );
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 fn report_progress(result: &anyhow::Result<scenarios::Outcome>) {
