@@ -164,10 +164,7 @@ impl Config {
                 None => [10_000, 100_000],
             },
             smtp_source_count: if smoke { 500 } else { 20_000 },
-            bin: o
-                .bin
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("target/{profile}/email2fa"))),
+            bin: o.bin.clone().unwrap_or_else(|| default_bin(profile)),
             name: o.name.clone().unwrap_or_else(|| {
                 let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
                 format!("{}-{stamp}", if smoke { "smoke" } else { "bench" })
@@ -179,4 +176,16 @@ impl Config {
     pub fn wants(&self, scenario: &str) -> bool {
         self.scenarios.iter().any(|s| s == scenario)
     }
+}
+
+/// `target/<profile>/email2fa` under the current directory, else under the
+/// workspace this crate was built in.
+fn default_bin(profile: &str) -> PathBuf {
+    let relative = PathBuf::from(format!("target/{profile}/email2fa"));
+    if relative.exists() {
+        return relative;
+    }
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let beside = workspace.join(&relative);
+    if beside.exists() { beside } else { relative }
 }
