@@ -119,7 +119,52 @@ macro_rules! on_every_queue_without_workers {
 on_every_queue_without_workers!(
     a_worker_killed_mid_burst_loses_nothing_after_a_restart,
     a_worker_stopped_with_sigterm_finishes_its_sends_and_loses_nothing,
+    the_sweep_pushes_lost_jobs_again_but_not_a_waiting_backlog,
 );
+
+/// The outbox sweep must tell a lost job (the process died between commit
+/// and push) from a job that is only waiting its turn in a backlog: pushing
+/// the whole backlog again every 10 s doubled the queue's work.
+async fn the_sweep_pushes_lost_jobs_again_but_not_a_waiting_backlog(app: TestApp) {
+    use email2fa_workers::deliveries::{NewDelivery, insert_delivery, new_delivery_id};
+    let engine = email2fa::app::engine(&app.settings, &app.store, &app.queue).expect("engine");
+    burst(&app, 3).await;
+    // Nobody takes the jobs: after more than the grace period the three
+    // deliveries are overdue by the clock, but their jobs still wait.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        engine.sweep_with_grace(1).await.expect("sweep"),
+        0,
+        "the waiting backlog was pushed again"
+    );
+    // A delivery due well before the oldest waiting job, with no job at all.
+    let lost_at = email2fa::store::Timestamp::now().plus_seconds(-20);
+    let lost = NewDelivery {
+        id: new_delivery_id(),
+        tenant_id: common::TENANT.to_string(),
+        kind: "factor_removed",
+        user_id: "lost".into(),
+        recipient: "lost@shop.example".into(),
+        user_name: None,
+        locale: None,
+        role: "customer".into(),
+        challenge_id: None,
+        secondary_auth_provider_id: "s1".into(),
+        max_attempts: 6,
+        not_after: None,
+        resent_from: None,
+    };
+    let mut tx = app.store.begin().await.expect("begin");
+    insert_delivery(&mut tx, &lost, lost_at)
+        .await
+        .expect("insert");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        engine.sweep_with_grace(1).await.expect("sweep"),
+        1,
+        "the lost delivery, and only it"
+    );
+}
 
 async fn a_worker_killed_mid_burst_loses_nothing_after_a_restart(app: TestApp) {
     let recipients = burst(&app, BURST).await;

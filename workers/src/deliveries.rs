@@ -205,13 +205,13 @@ pub async fn mark_dead(
     tx.commit().await
 }
 
-/// Deliveries the queue seems to have lost: due for a while but still
-/// `queued`/`retrying` (a crash between commit and push), or `sending` with
+/// Deliveries the queue seems to have lost: `queued`/`retrying` and due
+/// before `due_before` (a crash between commit and push), or `sending` with
 /// an expired lease (a worker killed mid-send).
 pub async fn overdue(
     db: &Db,
     now: Timestamp,
-    grace_seconds: i64,
+    due_before: Timestamp,
     limit: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
     let rows: Vec<(String,)> = with_db!(db, pool => sqlx::query_as(
@@ -219,6 +219,6 @@ pub async fn overdue(
          where (status in ('queued', 'retrying') and next_attempt_at < $2) \
             or (status = 'sending' and lease_until < $1) \
          order by next_attempt_at limit $3")
-        .bind(now).bind(now.plus_seconds(-grace_seconds)).bind(limit).fetch_all(pool).await)?;
+        .bind(now).bind(due_before).bind(limit).fetch_all(pool).await)?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }

@@ -383,14 +383,25 @@ impl<S: MessageSource> Engine<S> {
 
     /// Re-pushes deliveries the queue seems to have lost; returns how many.
     pub async fn sweep(&self) -> Result<usize, crate::queue::QueueError> {
-        let ids = deliveries::overdue(
-            &self.inner.db,
-            Timestamp::now(),
-            self.inner.config.sweep_grace_seconds,
-            500,
-        )
-        .await
-        .map_err(|e| crate::queue::QueueError::Other(e.into()))?;
+        self.sweep_with_grace(self.inner.config.sweep_grace_seconds)
+            .await
+    }
+
+    /// [`Self::sweep`] with another grace period (tests use a short one).
+    pub async fn sweep_with_grace(&self, grace: i64) -> Result<usize, crate::queue::QueueError> {
+        // A due delivery is lost only if it should have been taken by now:
+        // `grace` after it fell due, and `grace` before the oldest job still
+        // waiting in the queue (jobs are taken oldest first). Without the
+        // second bound every delivery waiting in a large backlog would be
+        // pushed again.
+        let now = Timestamp::now();
+        let mut due_before = now.plus_seconds(-grace);
+        if let Some(oldest) = self.inner.queue.oldest_waiting_job().await? {
+            due_before = due_before.min(Timestamp::from(oldest).plus_seconds(-grace));
+        }
+        let ids = deliveries::overdue(&self.inner.db, now, due_before, 500)
+            .await
+            .map_err(|e| crate::queue::QueueError::Other(e.into()))?;
         let count = ids.len();
         if count > 0 {
             let jobs = ids

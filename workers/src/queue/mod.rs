@@ -271,6 +271,18 @@ impl Queue {
         }
     }
 
+    /// When the oldest job still waiting in the queue (due, not yet taken
+    /// by a worker) became due, or `None` when none waits. Jobs are taken
+    /// oldest first, so a delivery that fell due well before this cannot
+    /// still be waiting behind them: its job was lost (see the outbox sweep).
+    pub async fn oldest_waiting_job(&self) -> Result<Option<DateTime<Utc>>, QueueError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => sqlite::oldest_waiting(pool, &self.name).await,
+            Backend::Postgres(pool) => postgres::oldest_waiting(pool, &self.name).await,
+            Backend::Redis(redis) => redis.oldest_waiting(&self.name).await,
+        }
+    }
+
     /// Pushes a job to run now, or not before `run_at`. Returns the apalis
     /// task id (a ULID string).
     #[tracing::instrument(skip_all, fields(delivery.id = %job.delivery_id, queue.backend = self.backend_name()))]

@@ -95,3 +95,18 @@ fn storage(pool: &PgPool, queue: &str, batch_size: usize) -> PostgresStorage<Val
         .missed_heartbeats(MISSED_HEARTBEATS);
     PostgresStorage::new(pool).with_config(config)
 }
+
+/// See [`super::Queue::oldest_waiting_job`].
+pub(super) async fn oldest_waiting(
+    pool: &PgPool,
+    queue: &str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, QueueError> {
+    let (oldest,): (Option<chrono::DateTime<chrono::Utc>>,) = sqlx::query_as(
+        "select min(run_at) from apalis.jobs where job_type = $1 and status in ('Pending', 'Queued')",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await
+    .map_err(|error| QueueError::Other(error.into()))?;
+    Ok(oldest)
+}

@@ -49,6 +49,44 @@ pub(super) struct RedisQueue {
 }
 
 impl RedisQueue {
+    /// See [`super::Queue::oldest_waiting_job`]. apalis-redis files every
+    /// push in its scheduled set scored by `run_at` (seconds), and a fetch
+    /// moves due ones to the active list, whose ids are ULIDs (their time
+    /// is the push).
+    pub(super) async fn oldest_waiting(
+        &self,
+        queue: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, QueueError> {
+        let config = Config::default().queue(queue);
+        let mut conn = self.conn.clone();
+        let first_scheduled: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(config.scheduled_jobs_set())
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        let head: Option<String> = redis::cmd("LINDEX")
+            .arg(config.active_jobs_list())
+            .arg(0)
+            .query_async(&mut conn)
+            .await?;
+        let now = chrono::Utc::now();
+        #[allow(clippy::cast_possible_truncation)]
+        let scheduled = first_scheduled
+            .first()
+            .and_then(|(_, score)| chrono::DateTime::from_timestamp(*score as i64, 0))
+            .filter(|due| *due <= now);
+        let active = head
+            .and_then(|id| ulid::Ulid::from_string(&id).ok())
+            .and_then(|id| i64::try_from(id.timestamp_ms()).ok())
+            .and_then(chrono::DateTime::from_timestamp_millis);
+        Ok(match (scheduled, active) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
     /// Connects now, so that an unreachable server is reported at once.
     pub(super) async fn connect(url: &str) -> Result<Self, QueueError> {
         let client = redis::Client::open(url)?;

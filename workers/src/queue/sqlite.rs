@@ -59,3 +59,19 @@ fn storage(pool: &SqlitePool, queue: &str, batch_size: usize) -> SqliteStorage<V
         .missed_heartbeats(MISSED_HEARTBEATS);
     SqliteStorage::new(pool).with_config(config)
 }
+
+/// See [`super::Queue::oldest_waiting_job`]: apalis keeps `run_at` in Unix
+/// seconds.
+pub(super) async fn oldest_waiting(
+    pool: &SqlitePool,
+    queue: &str,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, QueueError> {
+    let (oldest,): (Option<i64>,) = sqlx::query_as(
+        "select min(run_at) from Jobs where job_type = $1 and status in ('Pending', 'Queued')",
+    )
+    .bind(queue)
+    .fetch_one(pool)
+    .await
+    .map_err(|error| QueueError::Other(error.into()))?;
+    Ok(oldest.and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0)))
+}
