@@ -212,8 +212,9 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(
+            // Keys keep their case here (`TEST_BROWSER`): compare without it.
             Env::prefixed("EMAIL2FA_")
-                .filter(|key| !key.as_str().starts_with("test_"))
+                .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
                 .split("__"),
         );
         let settings: Settings = figment.extract().map_err(Box::new)?;

@@ -91,6 +91,23 @@ fn tenant_create_prints_the_secret_alone_on_its_last_line_and_list_never_shows_i
     assert!(!listed.contains(&secret[6..20]) && !listed.contains(&new_secret[6..20]));
 }
 
+/// CI exports `EMAIL2FA_TEST_*` for the test suite; a service started in the
+/// same shell must ignore them (the benchmark's smoke run found it did not).
+#[test]
+fn the_test_suites_variables_are_ignored() {
+    let dir = tempfile::tempdir().expect("dir");
+    let output = run(
+        dir.path(),
+        &[
+            ("EMAIL2FA_TEST_BROWSER", "1"),
+            ("EMAIL2FA_TEST_DATABASE_URL", "postgres://127.0.0.1:1/x"),
+            ("EMAIL2FA_TEST_NESTED__KEY", "x"),
+        ],
+        &["migrate"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
 #[test]
 fn bad_settings_stop_start_up_naming_the_setting() {
     let dir = tempfile::tempdir().expect("dir");
