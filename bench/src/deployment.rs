@@ -270,25 +270,10 @@ async fn create_database(env: &Env, name: &str) -> anyhow::Result<String> {
         admin_url: env.database_url.clone(),
         name: name.to_string(),
     });
-    Ok(database_url_named(&env.database_url, name))
-}
-
-/// The same server URL with another database name.
-pub fn database_url_named(base: &str, name: &str) -> String {
-    let (base, query) = match base.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (base, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
+    Ok(email2fa_workers::db::with_database_name(
+        &env.database_url,
+        name,
+    ))
 }
 
 /// A URL without its password.

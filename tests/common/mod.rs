@@ -265,23 +265,7 @@ async fn postgres_database_quiet() -> Option<(String, String, String)> {
     postgres_database().await
 }
 
-/// The same server URL with another database name.
-pub fn with_database_name(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
+pub use email2fa_workers::db::with_database_name;
 
 impl TestApp {
     pub async fn sqlite() -> Self {

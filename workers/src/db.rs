@@ -249,6 +249,23 @@ impl Db {
     }
 }
 
+/// The same server's URL with another database name (the query string
+/// kept): for tests and the benchmark, which create scratch databases.
+pub fn with_database_name(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_end..].find('/') {
+        Some(slash) => &base[..authority_end + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
 /// True when an error means the database could not be reached or is
 /// overloaded (pool timeout, I/O, TLS, closed pool), as opposed to a problem
 /// with the statement itself. Callers answer the first kind with 503.

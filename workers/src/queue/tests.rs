@@ -75,7 +75,7 @@ impl Harness {
                     .execute(&mut admin)
                     .await
                     .expect("create the test database");
-                let url = with_database(&admin_url, &database);
+                let url = crate::db::with_database_name(&admin_url, &database);
                 Place::Postgres {
                     admin_url,
                     url,
@@ -145,22 +145,6 @@ fn configured(variable: &str) -> Option<String> {
             println!("skipped: {variable} is not set");
             None
         }
-    }
-}
-
-/// The URL of another database on the same server.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_end..].find('/') {
-        Some(slash) => &base[..authority_end + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
     }
 }
 
@@ -772,12 +756,15 @@ fn a_run_at_is_rounded_up_to_the_next_second() {
 #[test]
 fn a_database_url_points_at_another_database() {
     assert_eq!(
-        with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+        crate::db::with_database_name("postgres://postgres@127.0.0.1:5432/postgres", "x"),
         "postgres://postgres@127.0.0.1:5432/x"
     );
     assert_eq!(
-        with_database("postgres://u:p@h/db?sslmode=disable", "x"),
+        crate::db::with_database_name("postgres://u:p@h/db?sslmode=disable", "x"),
         "postgres://u:p@h/x?sslmode=disable"
     );
-    assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+    assert_eq!(
+        crate::db::with_database_name("postgres://h", "x"),
+        "postgres://h/x"
+    );
 }
