@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use apalis::prelude::{AbortError, Monitor, WorkerBuilder, WorkerBuilderExt};
 use futures::future::{BoxFuture, Shared};
-use futures::{FutureExt, TryFutureExt};
+use futures::FutureExt;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinHandle};
@@ -137,8 +137,15 @@ async fn run_worker<H, Fut>(
     let batch_size = concurrency.min(MAX_BATCH);
     let poll_interval = config.poll_interval;
     let service = {
-        let (handler, in_flight) = (handler.clone(), in_flight.clone());
-        move |payload: Value| run_job(handler.clone(), in_flight.clone(), payload)
+        let (handler, in_flight, stopping) = (handler.clone(), in_flight.clone(), shutdown.clone());
+        move |payload: Value| {
+            run_job(
+                handler.clone(),
+                in_flight.clone(),
+                stopping.clone(),
+                payload,
+            )
+        }
     };
     let monitor = Monitor::new()
         .should_restart(|worker, error| {
@@ -203,7 +210,23 @@ const SQLITE_WORKER_CONNECTIONS: u32 = 4;
 
 /// One job: decode it, run the handler in its own task, and turn a panic into
 /// an [`AbortError`], which apalis records as killed rather than retrying.
-async fn run_job<H, Fut>(handler: H, in_flight: InFlight, payload: Value) -> Result<(), AbortError>
+///
+/// Once `stopping` resolves the job is answered at once and its handler task
+/// runs on by itself ([`run_workers`] waits for it after the monitor stops).
+/// A stopping apalis worker polls its backend again only when no job is
+/// running, and its last fetch may sit there half-way, inside a transaction
+/// that holds SQLite's write lock; a handler that waited for that lock to
+/// record its send would wait for the worker that waits for the handler
+/// (found by the SIGTERM test under load: sends left in `sending`). The job
+/// counts as done; the delivery row stays the truth, and a handler that
+/// cannot record its outcome leaves the row to the lease and the outbox
+/// sweep.
+async fn run_job<H, Fut>(
+    handler: H,
+    in_flight: InFlight,
+    stopping: Shared<BoxFuture<'static, ()>>,
+    payload: Value,
+) -> Result<(), AbortError>
 where
     H: Fn(EmailJob) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -213,22 +236,31 @@ where
         AbortError::new(error)
     })?;
     let delivery_id = job.delivery_id.clone();
-    in_flight
-        .spawn(handler(job))
-        .map_err(|error| {
-            let reason = if error.is_panic() {
-                panic_message(error.into_panic())
-            } else {
-                "cancelled".to_owned()
-            };
-            tracing::error!(
+    let task = in_flight.spawn(handler(job));
+    let finished = tokio::select! {
+        biased;
+        finished = task => finished,
+        () = stopping => {
+            tracing::debug!(
                 delivery.id = %delivery_id,
-                %reason,
-                "the email job handler panicked; the task is killed, not retried"
+                "stopping: the job is answered, its handler finishes on its own"
             );
-            AbortError::new(format!("the handler panicked: {reason}"))
-        })
-        .await
+            return Ok(());
+        }
+    };
+    finished.map_err(|error| {
+        let reason = if error.is_panic() {
+            panic_message(error.into_panic())
+        } else {
+            "cancelled".to_owned()
+        };
+        tracing::error!(
+            delivery.id = %delivery_id,
+            %reason,
+            "the email job handler panicked; the task is killed, not retried"
+        );
+        AbortError::new(format!("the handler panicked: {reason}"))
+    })
 }
 
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
