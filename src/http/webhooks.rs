@@ -18,7 +18,7 @@ use crate::domain::{self, EventContext, EventError};
 use crate::events::{Envelope, EnvelopeError};
 use crate::signature::{self, SignatureError, SignatureHeaders};
 use crate::store::ReceiptClaim;
-use email2fa_workers::queue::EmailJob;
+use email2fa_workers::queue::{EmailJob, QueueError};
 
 /// `^[a-z0-9][a-z0-9-]{0,62}$`.
 pub fn is_valid_tenant_id(id: &str) -> bool {
@@ -157,40 +157,31 @@ async fn handle(
     }
 }
 
-/// Commits the event and pushes its email jobs.
-///
-/// With Redis as the queue the jobs are pushed before the commit, so that a
-/// Redis outage refuses the webhook (503) with nothing written; a worker that
-/// sees a job before its row is visible waits for it. With the database as
-/// the queue, its availability is the database's, and the push follows the
-/// commit (an SQLite writer would otherwise wait on its own transaction); if
-/// that push fails, the outbox sweep pushes the delivery later.
+/// Pushes the event's email jobs with its transaction, then commits
+/// ([`Queue::push_with`](email2fa_workers::queue::Queue::push_with)): with
+/// the database as the queue the jobs commit with the event, so neither
+/// exists without the other; with Redis they are pushed first, so that a
+/// Redis outage refuses the webhook (503) with nothing written.
 async fn commit_and_push(
     state: &AppState,
-    tx: crate::store::Tx,
+    mut tx: crate::store::Tx,
     jobs: Vec<String>,
 ) -> Result<(), ApiError> {
-    let to_jobs = |ids: Vec<String>| {
-        ids.into_iter()
-            .map(|delivery_id| EmailJob { delivery_id })
-            .collect()
-    };
-    if state.queue.backend_name() == "redis" && !jobs.is_empty() {
-        if let Err(error) = state.queue.push_many(to_jobs(jobs)).await {
-            drop(tx.rollback().await);
-            return Err(ApiError::Unavailable(anyhow::anyhow!(
-                "the queue is unavailable: {error}"
-            )));
-        }
-        crate::store::commit(tx).await?;
-        return Ok(());
+    let jobs = jobs
+        .into_iter()
+        .map(|delivery_id| EmailJob { delivery_id })
+        .collect();
+    if let Err(error) = state.queue.push_with(&mut tx, jobs).await {
+        drop(tx.rollback().await);
+        return Err(match error {
+            QueueError::Unavailable(_) => {
+                ApiError::Unavailable(anyhow::anyhow!("the queue is unavailable: {error}"))
+            }
+            QueueError::Other(_) => ApiError::Internal(anyhow::Error::new(error)),
+        });
     }
     crate::store::commit(tx).await?;
-    if !jobs.is_empty()
-        && let Err(error) = state.queue.push_many(to_jobs(jobs)).await
-    {
-        tracing::warn!(%error, "could not push email jobs after commit; the outbox sweep will");
-    }
+    state.queue.wake_workers();
     Ok(())
 }
 

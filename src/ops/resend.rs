@@ -223,24 +223,19 @@ pub async fn resend_matching(
     Ok(answer)
 }
 
-/// Commits and pushes the job, by the ingress's rule (`http::webhooks`):
-/// with Redis, push first so that an outage refuses the call with nothing
-/// written; with the database as the queue, push after the commit, and the
-/// outbox sweep covers a failed push.
-async fn commit_and_push(queue: &Queue, tx: Tx, delivery_id: &str) -> Result<(), OpsError> {
-    let job = || EmailJob {
+/// Pushes the job with the transaction and commits, by the ingress's rule
+/// ([`Queue::push_with`]): with the database as the queue they commit
+/// together; with Redis the push comes first, so that an outage refuses the
+/// call with nothing written.
+async fn commit_and_push(queue: &Queue, mut tx: Tx, delivery_id: &str) -> Result<(), OpsError> {
+    let job = EmailJob {
         delivery_id: delivery_id.to_string(),
     };
-    if queue.backend_name() == "redis" {
-        if let Err(error) = queue.push(job(), None).await {
-            drop(tx.rollback().await);
-            return Err(error.into());
-        }
-        return Ok(crate::store::commit(tx).await?);
+    if let Err(error) = queue.push_with(&mut tx, vec![job]).await {
+        drop(tx.rollback().await);
+        return Err(error.into());
     }
     crate::store::commit(tx).await?;
-    if let Err(error) = queue.push(job(), None).await {
-        tracing::warn!(%error, "could not push the resend after commit; the outbox sweep will");
-    }
+    queue.wake_workers();
     Ok(())
 }

@@ -109,7 +109,7 @@ use sqlx::{PgPool, SqlitePool};
 use tokio::sync::watch;
 use ulid::Ulid;
 
-use crate::db::{self, Db};
+use crate::db::{self, Db, Tx};
 
 pub use runner::{WorkerConfig, run_workers};
 use wakeups::Wakeups;
@@ -312,6 +312,53 @@ impl Queue {
         self.push_tasks(tasks, true).await
     }
 
+    /// Pushes jobs to run now as part of the caller's transaction `tx`.
+    ///
+    /// With the database as the queue the jobs are inserted through `tx`
+    /// (apalis's own insert, `queries::push_tasks`), so they commit or roll
+    /// back with the rows that call for them: no job without its delivery,
+    /// no delivery without its job, and one commit instead of two. With
+    /// Redis they are pushed at once, before the caller commits, so that a
+    /// Redis outage refuses the call with nothing written (a worker that
+    /// sees the job before its row is visible waits for it).
+    ///
+    /// After the commit, call [`Queue::wake_workers`] so that this process's
+    /// workers look at once (other processes' workers are woken by
+    /// PostgreSQL's notification at commit, or poll).
+    #[tracing::instrument(skip_all, fields(jobs = jobs.len(), queue.backend = self.backend_name()))]
+    pub async fn push_with(&self, tx: &mut Tx, jobs: Vec<EmailJob>) -> Result<(), QueueError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        if let Backend::Redis(_) = &self.backend {
+            return self.push_many(jobs).await;
+        }
+        let tasks = jobs
+            .iter()
+            .map(encoded_task)
+            .collect::<Result<Vec<_>, _>>()?;
+        match (&self.backend, tx) {
+            (Backend::Sqlite(_), Tx::Sqlite(tx, _)) => {
+                apalis_sqlite::queries::push_tasks(&mut **tx, &self.name, &tasks).await?;
+            }
+            (Backend::Postgres(_), Tx::Postgres(tx)) => {
+                apalis_postgres::queries::push_tasks(&mut **tx, &self.name, tasks).await?;
+            }
+            _ => {
+                return Err(QueueError::Other(
+                    "the transaction is not in the queue's database".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Wakes this process's workers after a commit that carried jobs pushed
+    /// with [`Queue::push_with`].
+    pub fn wake_workers(&self) {
+        self.pushed.send_replace(());
+    }
+
     async fn push_tasks(
         &self,
         tasks: Vec<Task<serde_json::Value>>,
@@ -380,6 +427,15 @@ fn due_second(run_at: DateTime<Utc>) -> Option<u64> {
         whole
     };
     u64::try_from(second).ok()
+}
+
+/// A task due now for `job`, its arguments already in apalis's wire format
+/// (the JSON codec's bytes), for the database backends' own insert.
+fn encoded_task(job: &EmailJob) -> Result<Task<Vec<u8>>, QueueError> {
+    Ok(TaskBuilder::new(serde_json::to_vec(job)?)
+        .task_id(TaskId::from_ulid(Ulid::generate()))
+        .max_attempts(MAX_ATTEMPTS)
+        .build())
 }
 
 /// An apalis task for `job` with a fresh ULID as its id.

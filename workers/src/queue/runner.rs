@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use apalis::prelude::{AbortError, Monitor, WorkerBuilder, WorkerBuilderExt};
-use futures::future::{BoxFuture, Shared};
 use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinHandle};

@@ -463,6 +463,59 @@ async fn a_backlog_of_nine_thousand_due_jobs_drains(h: Harness) {
     runner.stop().await.expect("a clean stop");
 }
 
+/// A job pushed with a transaction belongs to it: with the database as the
+/// queue it runs only if the transaction commits; with Redis it is out
+/// before the commit (so that a Redis outage refuses the call with nothing
+/// written), and the engine waits for, or gives up on, its missing row.
+async fn a_job_pushed_with_a_transaction_commits_or_rolls_back_with_it(h: Harness) {
+    let scratch = TempDir::new().expect("a temporary directory");
+    let url = match &h.place {
+        Place::Sqlite { url, .. } | Place::Postgres { url, .. } => url.clone(),
+        Place::Redis { .. } => format!("sqlite://{}/tx.db", scratch.path().display()),
+    };
+    let db = Db::connect(&url, &PoolConfig::default()).await.expect("db");
+    let in_database = !matches!(h.kind, Kind::Redis);
+    let recorder = Recorder::default();
+    let runner = start_runner(h.queue.clone(), 4, recorder.handler(Duration::ZERO));
+    let mut tx = db.begin().await.expect("begin");
+    h.queue
+        .push_with(&mut tx, vec![job("rolled-back")])
+        .await
+        .expect("push_with");
+    tx.rollback().await.expect("rollback");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut tx = db.begin().await.expect("begin");
+    h.queue
+        .push_with(&mut tx, vec![job("committed")])
+        .await
+        .expect("push_with");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        recorder.runs("committed"),
+        usize::from(!in_database),
+        "{:?}: a job in the database ran before its transaction committed",
+        h.kind
+    );
+    let committed = Instant::now();
+    tx.commit().await.expect("commit");
+    h.queue.wake_workers();
+    wait_until("the committed job", Duration::from_secs(10), || {
+        recorder.runs("committed") == 1
+    })
+    .await;
+    let pickup = committed.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        recorder.runs("rolled-back"),
+        usize::from(!in_database),
+        "{:?}",
+        h.kind
+    );
+    println!("{:?}: picked up {pickup:?} after the commit", h.kind);
+    assert!(pickup < Duration::from_secs(2), "{pickup:?}");
+    runner.stop().await.expect("a clean stop");
+}
+
 async fn shutdown_waits_for_an_in_flight_handler(h: Harness) {
     let recorder = Recorder::default();
     let runner = start_runner(
@@ -735,6 +788,7 @@ on_every_backend!(
     two_hundred_jobs_run_exactly_once_and_never_more_than_four_at_once,
     push_many_runs_every_job_once,
     a_backlog_of_nine_thousand_due_jobs_drains,
+    a_job_pushed_with_a_transaction_commits_or_rolls_back_with_it,
     shutdown_waits_for_an_in_flight_handler,
     a_panicking_handler_does_not_kill_the_worker,
     two_runners_on_the_same_queue_run_every_job_exactly_once,
