@@ -84,6 +84,7 @@ on_both_backends!(
     the_toggles_and_require_decide_the_login,
     enrollment_is_refused_while_the_role_is_inactive,
     the_send_limits_and_the_lockout_answer_429,
+    a_login_after_the_factors_provider_was_deleted_uses_the_tenants_first,
 );
 
 async fn a_customer_enrolls_with_the_address_they_typed_in(app: TestApp) {
@@ -719,4 +720,34 @@ fn wrong_code(code: &str) -> String {
     code.chars()
         .map(|c| if c == '9' { '0' } else { '9' })
         .collect()
+}
+
+/// The factor's secondary auth provider was deleted after the enrolment: the
+/// login still sends its code, through the tenant's first provider, and the
+/// challenge records that provider.
+async fn a_login_after_the_factors_provider_was_deleted_uses_the_tenants_first(app: TestApp) {
+    ready(&app).await;
+    enroll(&app, customer("c1"), Some("c1@shop.example"), 1).await;
+    let second = app
+        .post_signed(
+            "secondary_auth_provider.upserted",
+            json!({"id": "s2", "title": "Backup codes", "service_provider_id": "p1"}),
+        )
+        .await;
+    assert_eq!(second.status, 200, "{:?}", second.json());
+    let gone = app
+        .post_signed("secondary_auth_provider.deleted", json!({"id": "s1"}))
+        .await;
+    assert_eq!(gone.json(), json!({"id": "s1", "deleted": true}));
+    login_challenge(&app, customer("c1")).await;
+    let code = code_in(&app.mail_for("c1@shop.example", 2).await);
+    assert_eq!(code.len(), 6);
+    assert_eq!(
+        app.count(
+            "select count(*) from challenges where purpose = 'login' \
+             and secondary_auth_provider_id = 's2'"
+        )
+        .await,
+        1
+    );
 }

@@ -1,14 +1,13 @@
 -- The statements of one login.started webhook for an enrolled customer, as
 -- the service runs them, in one transaction (the tenant's keys come from the
 -- ingress's 1 s cache). :u is the user, :r a random id for the new rows.
--- Keep it in step with src/domain/login.rs and src/domain/sending.rs.
+-- Keep it in step with src/store/login.rs, src/domain/login.rs and
+-- src/domain/sending.rs.
 \set u random(1, 1000000000000)
 \set r random(1, 1000000000000000)
 begin;
 insert into email2fa.webhook_receipts (tenant_id, webhook_id, body_sha256, event_type, status, answer_sealed, received_at) values ('bench', 'msg_' || :r, sha256((:r)::text::bytea), 'login.started', 0, null, now()) on conflict (tenant_id, webhook_id) do nothing;
-select require_admin_2fa, admin_2fa_allowed, customer_2fa_allowed, code_length, code_ttl_seconds, max_attempts, resend_cooldown_seconds, trust_device_days, updated_at from email2fa.tenant_settings where tenant_id = 'bench';
-select tenant_id, id, user_id, role, email, secondary_auth_provider_id, created_at from email2fa.factors where tenant_id = 'bench' and user_id = 'u' || :u order by created_at, id;
-select tenant_id, id, title, service_provider_id, created_at, updated_at from email2fa.secondary_auth_providers where tenant_id = 'bench' and ('s1' is null or id = 's1') order by created_at, id limit 1;
+select s.tenant_id, s.require_admin_2fa, s.admin_2fa_allowed, s.customer_2fa_allowed, s.code_length, s.code_ttl_seconds, s.max_attempts, s.resend_cooldown_seconds, s.trust_device_days, s.updated_at, f.id as f_id, f.role as f_role, f.email as f_email, f.secondary_auth_provider_id as f_provider, f.created_at as f_created_at, p.id as p_id, p.title as p_title, p.service_provider_id as p_service_provider_id, p.created_at as p_created_at, p.updated_at as p_updated_at from email2fa.tenant_settings s left join email2fa.factors f on f.tenant_id = s.tenant_id and f.id = (select id from email2fa.factors where tenant_id = 'bench' and user_id = 'u' || :u order by created_at, id limit 1) left join email2fa.secondary_auth_providers p on p.tenant_id = s.tenant_id and p.id = f.secondary_auth_provider_id where s.tenant_id = 'bench';
 update email2fa.challenges set status = 'superseded', closed_at = now(), updated_at = now(), code_hash = null where tenant_id = 'bench' and user_id = 'u' || :u and purpose = 'login' and status = 'pending';
 select pg_advisory_xact_lock(hashtextextended('user:bench:u' || :u, 0)), pg_advisory_xact_lock(hashtextextended('rcpt:bench:u' || :u || '@bench.example', 0));
 select coalesce(s.consecutive_failures, 0) as failures, s.last_failure_at as last_failure_at, u.n as user_sends, u.oldest as oldest_user_send, r.n as recipient_sends, r.oldest as oldest_recipient_send from (select count(*) as n, min(created_at) as oldest from email2fa.deliveries where tenant_id = 'bench' and user_id = 'u' || :u and created_at > now() - interval '900 seconds' and kind in ('enrollment_code', 'login_code')) u cross join (select count(*) as n, min(created_at) as oldest from email2fa.deliveries where tenant_id = 'bench' and recipient = 'u' || :u || '@bench.example' and created_at > now() - interval '3600 seconds' and kind in ('enrollment_code', 'login_code')) r left join email2fa.user_security s on s.tenant_id = 'bench' and s.user_id = 'u' || :u;

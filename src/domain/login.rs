@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::enrollment::{no_provider, open_challenge, role_allowed};
 use super::{EventContext, EventError};
 use crate::events::{LoginStarted, Role};
-use crate::store::{LoginDecision, Timestamp};
+use crate::store::{LoginContext, LoginDecision, Timestamp};
 
 /// The answer of `login.started`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -71,15 +71,18 @@ async fn decide(
     event: &LoginStarted,
 ) -> Result<LoginAnswer, EventError> {
     let user = &event.user;
-    let settings = ctx.store.settings_in(ctx.tx, ctx.tenant_id).await?;
+    let LoginContext {
+        settings,
+        factor,
+        provider,
+    } = ctx
+        .store
+        .login_context(ctx.tx, ctx.tenant_id, &user.id)
+        .await?;
     if !role_allowed(&settings, user.role) {
         return Ok(LoginAnswer::plain("allow", "2fa_inactive"));
     }
-    let factors = ctx
-        .store
-        .user_factors(ctx.tx, ctx.tenant_id, &user.id)
-        .await?;
-    let Some(factor) = factors.first() else {
+    let Some(factor) = factor else {
         // "Require 2FA for Admin Users" only counts while admin 2FA is allowed
         // (checked above); customers are never required.
         return Ok(if user.role == Role::Admin && settings.require_admin_2fa {
@@ -111,15 +114,7 @@ async fn decide(
         }
     }
     // The factor's provider, or the tenant's first if it was deleted since.
-    let provider = match ctx
-        .store
-        .secondary_auth_provider_in(
-            ctx.tx,
-            ctx.tenant_id,
-            Some(&factor.secondary_auth_provider_id),
-        )
-        .await?
-    {
+    let provider = match provider {
         Some(provider) => provider,
         None => ctx
             .store

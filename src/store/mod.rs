@@ -7,6 +7,7 @@
 
 pub mod challenges;
 mod factors;
+mod login;
 pub mod providers;
 mod receipts;
 mod records;
@@ -16,6 +17,7 @@ mod tenants;
 pub use challenges::{Challenge, WrongTry};
 pub use email2fa_workers::db::{Db, PoolConfig, Timestamp, Tx};
 pub use factors::{Factor, TrustedDevice};
+pub use login::LoginContext;
 pub use providers::{SecondaryAuthProviderRow, ServiceProviderRow};
 pub use receipts::{Receipt, ReceiptClaim};
 pub use records::LoginDecision;

@@ -26,12 +26,15 @@
 //!   workers at once, on every backend (this replaces SQLite's
 //!   `connect_with_callback`, whose update hook only sees inserts made through
 //!   its own second pool, which would lack our WAL/busy-timeout settings);
-//! - PostgreSQL: LISTEN/NOTIFY, the same [`apalis_postgres::Pubsub`] that
-//!   `with_pubsub()` uses (apalis's trigger notifies on every insert that is
-//!   due now), so a push from another process wakes the workers too;
+//! - PostgreSQL: LISTEN/NOTIFY on `email2fa_jobs` (payload: the queue's
+//!   name), sent by [`Queue::wake_workers`] in the background, coalesced,
+//!   outside the pushing transaction; apalis's own per-row trigger is
+//!   dropped at setup, because a NOTIFY inside every webhook's transaction
+//!   made PostgreSQL commit them one at a time (see `postgres::setup`);
 //! - Redis: apalis-redis files every push in its scheduled set and publishes
-//!   nothing for it, so [`Queue::push`] publishes on `"{queue}:pushed"` and
-//!   workers subscribe (reconnecting after a lost connection);
+//!   nothing for it, so [`Queue::wake_workers`] publishes on
+//!   `"{queue}:pushed"` (in the background, coalesced) and workers subscribe
+//!   (reconnecting after a lost connection);
 //! - every backend: a fallback poll every [`WorkerConfig::poll_interval`],
 //!   which also picks up scheduled jobs, jobs pushed by another process on
 //!   SQLite and orphans put back by the recovery below.
@@ -106,7 +109,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, SqlitePool};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use ulid::Ulid;
 
 use crate::db::{self, Db, Tx};
@@ -221,6 +224,9 @@ pub struct Queue {
     backend: Backend,
     name: Arc<str>,
     pushed: Arc<watch::Sender<()>>,
+    /// Wake-ups for other processes' workers (PostgreSQL NOTIFY, Redis
+    /// PUBLISH), sent in the background and coalesced; none on SQLite.
+    remote_wake_ups: Option<mpsc::UnboundedSender<String>>,
 }
 
 #[derive(Clone)]
@@ -250,10 +256,16 @@ impl Queue {
             QueueTarget::Database(Db::Postgres(pool)) => Backend::Postgres(pool),
             QueueTarget::Redis(url) => Backend::Redis(redis::RedisQueue::connect(&url).await?),
         };
+        let remote_wake_ups = match &backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(pool) => Some(postgres::wake_up_notifier(pool)),
+            Backend::Redis(redis) => Some(redis.wake_up_publisher()),
+        };
         Ok(Self {
             backend,
             name: Arc::from(QUEUE_NAME),
             pushed: Arc::new(watch::Sender::new(())),
+            remote_wake_ups,
         })
     }
 
@@ -353,10 +365,17 @@ impl Queue {
         Ok(())
     }
 
-    /// Wakes this process's workers after a commit that carried jobs pushed
-    /// with [`Queue::push_with`].
+    /// Wakes the workers after a commit that carried jobs pushed with
+    /// [`Queue::push_with`]: this process's at once, other processes'
+    /// through a PostgreSQL notification or a Redis message, sent in the
+    /// background (the caller does not wait) and coalesced.
     pub fn wake_workers(&self) {
         self.pushed.send_replace(());
+        if let Some(remote) = &self.remote_wake_ups
+            && remote.send(self.name.to_string()).is_err()
+        {
+            tracing::warn!("the queue wake-up sender stopped; workers will poll");
+        }
     }
 
     async fn push_tasks(
@@ -367,10 +386,10 @@ impl Queue {
         match &self.backend {
             Backend::Sqlite(pool) => sqlite::push(pool, &self.name, tasks).await?,
             Backend::Postgres(pool) => postgres::push(pool, &self.name, tasks).await?,
-            Backend::Redis(redis) => redis.push(&self.name, tasks, due).await?,
+            Backend::Redis(redis) => redis.push(&self.name, tasks).await?,
         }
         if due {
-            self.pushed.send_replace(());
+            self.wake_workers();
         }
         Ok(())
     }
@@ -412,6 +431,22 @@ impl Queue {
         })
         .boxed()
     }
+}
+
+/// The next round of wake-ups: waits for one queue name, then takes every
+/// name already waiting, so that all the pushes made while the previous
+/// round's round trip ran go out as one message per queue. A wake-up
+/// carries no job: one wakes the workers for every push before it. `None`
+/// once every sender is dropped.
+async fn coalesced(
+    requested: &mut mpsc::UnboundedReceiver<String>,
+) -> Option<std::collections::BTreeSet<String>> {
+    let first = requested.recv().await?;
+    let mut queues = std::collections::BTreeSet::from([first]);
+    while let Ok(more) = requested.try_recv() {
+        queues.insert(more);
+    }
+    Some(queues)
 }
 
 /// The Unix second from which a job may run: `run_at` rounded up, or `None`

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use super::{HEARTBEAT_INTERVAL, MISSED_HEARTBEATS, QueueError, Wakeups};
 
@@ -98,6 +99,13 @@ impl RedisQueue {
         Ok(Self { client, conn })
     }
 
+    /// Starts the wake-up publisher of this connection.
+    pub(super) fn wake_up_publisher(&self) -> mpsc::UnboundedSender<String> {
+        let (wake_ups, requested) = mpsc::unbounded_channel();
+        tokio::spawn(publish_wake_ups(self.conn.clone(), requested));
+        wake_ups
+    }
+
     /// `PING`.
     pub(super) async fn ping(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
@@ -105,32 +113,17 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Pushes the tasks with one call of apalis's Lua script, then, for jobs
-    /// that are due, publishes a wake-up. A lost wake-up only delays the job
-    /// to the workers' next poll, so it is logged, not returned: the caller
-    /// must not push again a job that is queued.
+    /// Pushes the tasks with one call of apalis's Lua script (the caller
+    /// then asks for a wake-up, [`publish_wake_ups`]).
     pub(super) async fn push(
         &self,
         queue: &str,
         tasks: Vec<Task<Value>>,
-        due: bool,
     ) -> Result<(), QueueError> {
         storage(self.conn.clone(), queue, 1)
             .push_all(futures::stream::iter(tasks))
             .await
-            .map_err(QueueError::from_sink)?;
-        if due {
-            let mut conn = self.conn.clone();
-            let published = redis::cmd("PUBLISH")
-                .arg(channel(queue))
-                .arg(1)
-                .query_async::<()>(&mut conn)
-                .await;
-            if let Err(error) = published {
-                tracing::warn!(%error, "cannot publish the queue wake-up; workers will poll");
-            }
-        }
-        Ok(())
+            .map_err(QueueError::from_sink)
     }
 
     /// The backend of one worker, fetching up to `batch_size` jobs at a time.
@@ -167,6 +160,25 @@ impl RedisQueue {
             }
         })
         .boxed()
+    }
+}
+
+/// Publishes the wake-ups asked for (queue names), coalesced
+/// ([`super::coalesced`]): one message per queue per round trip, in one
+/// pipeline. A lost wake-up only delays jobs to the workers' next poll, so
+/// it is logged, not retried. Ends when every sender is dropped.
+async fn publish_wake_ups(
+    mut conn: ConnectionManager,
+    mut requested: mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(queues) = super::coalesced(&mut requested).await {
+        let mut pipeline = redis::pipe();
+        for queue in &queues {
+            pipeline.cmd("PUBLISH").arg(channel(queue)).arg(1).ignore();
+        }
+        if let Err(error) = pipeline.query_async::<()>(&mut conn).await {
+            tracing::warn!(%error, "cannot publish the queue wake-up; workers will poll");
+        }
     }
 }
 

@@ -516,6 +516,27 @@ async fn a_job_pushed_with_a_transaction_commits_or_rolls_back_with_it(h: Harnes
     runner.stop().await.expect("a clean stop");
 }
 
+/// PostgreSQL commits transactions that NOTIFY one at a time (a
+/// database-wide lock held through the WAL flush), so no trigger may notify
+/// from inside the transactions that push jobs: apalis's is dropped at
+/// setup, and wake-ups go out after the commit instead (the pickup tests
+/// above show they still arrive, from this and from another connection).
+async fn no_trigger_notifies_from_inside_a_pushing_transaction(h: Harness) {
+    let Place::Postgres { url, .. } = &h.place else {
+        return;
+    };
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    let (triggers,): (i64,) = sqlx::query_as(
+        "select count(*) from pg_trigger t join pg_class c on c.oid = t.tgrelid \
+         join pg_namespace n on n.oid = c.relnamespace \
+         where n.nspname = 'apalis' and c.relname = 'jobs' and not t.tgisinternal",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("count the triggers");
+    assert_eq!(triggers, 0, "a trigger on apalis.jobs");
+}
+
 async fn shutdown_waits_for_an_in_flight_handler(h: Harness) {
     let recorder = Recorder::default();
     let runner = start_runner(
@@ -789,6 +810,7 @@ on_every_backend!(
     push_many_runs_every_job_once,
     a_backlog_of_nine_thousand_due_jobs_drains,
     a_job_pushed_with_a_transaction_commits_or_rolls_back_with_it,
+    no_trigger_notifies_from_inside_a_pushing_transaction,
     shutdown_waits_for_an_in_flight_handler,
     a_panicking_handler_does_not_kill_the_worker,
     two_runners_on_the_same_queue_run_every_job_exactly_once,
