@@ -167,6 +167,7 @@ async fn commit_and_push(
     mut tx: crate::store::Tx,
     jobs: Vec<String>,
 ) -> Result<(), ApiError> {
+    let pushed = !jobs.is_empty();
     let jobs = jobs
         .into_iter()
         .map(|delivery_id| EmailJob { delivery_id })
@@ -181,7 +182,9 @@ async fn commit_and_push(
         });
     }
     crate::store::commit(tx).await?;
-    state.queue.wake_workers();
+    if pushed {
+        state.queue.wake_workers();
+    }
     Ok(())
 }
 
