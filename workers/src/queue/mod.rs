@@ -331,8 +331,9 @@ impl Queue {
     /// back with the rows that call for them: no job without its delivery,
     /// no delivery without its job, and one commit instead of two. With
     /// Redis they are pushed at once, before the caller commits, so that a
-    /// Redis outage refuses the call with nothing written (a worker that
-    /// sees the job before its row is visible waits for it).
+    /// Redis outage refuses the call with nothing written, but nobody is
+    /// woken yet (a worker that polls the job before its row is visible
+    /// waits for it).
     ///
     /// After the commit, call [`Queue::wake_workers`] so that this process's
     /// workers look at once (other processes' workers are woken by
@@ -343,7 +344,13 @@ impl Queue {
             return Ok(());
         }
         if let Backend::Redis(_) = &self.backend {
-            return self.push_many(jobs).await;
+            // No wake-up yet: a worker woken now would find no row and wait
+            // for it; the caller wakes the workers after its commit.
+            let tasks = jobs
+                .iter()
+                .map(|job| task_for(job, None).map(|(task, _)| task))
+                .collect::<Result<Vec<_>, _>>()?;
+            return self.push_tasks(tasks, false).await;
         }
         let tasks = jobs
             .iter()
