@@ -317,11 +317,7 @@ impl Queue {
         if jobs.is_empty() {
             return Ok(());
         }
-        let tasks = jobs
-            .iter()
-            .map(|job| task_for(job, None).map(|(task, _)| task))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.push_tasks(tasks, true).await
+        self.push_tasks(due_tasks(&jobs)?, true).await
     }
 
     /// Pushes jobs to run now as part of the caller's transaction `tx`.
@@ -335,9 +331,8 @@ impl Queue {
     /// woken yet (a worker that polls the job before its row is visible
     /// waits for it).
     ///
-    /// After the commit, call [`Queue::wake_workers`] so that this process's
-    /// workers look at once (other processes' workers are woken by
-    /// PostgreSQL's notification at commit, or poll).
+    /// After the commit, call [`Queue::wake_workers`] (this process's
+    /// workers and other processes').
     #[tracing::instrument(skip_all, fields(jobs = jobs.len(), queue.backend = self.backend_name()))]
     pub async fn push_with(&self, tx: &mut Tx, jobs: Vec<EmailJob>) -> Result<(), QueueError> {
         if jobs.is_empty() {
@@ -346,11 +341,7 @@ impl Queue {
         if let Backend::Redis(_) = &self.backend {
             // No wake-up yet: a worker woken now would find no row and wait
             // for it; the caller wakes the workers after its commit.
-            let tasks = jobs
-                .iter()
-                .map(|job| task_for(job, None).map(|(task, _)| task))
-                .collect::<Result<Vec<_>, _>>()?;
-            return self.push_tasks(tasks, false).await;
+            return self.push_tasks(due_tasks(&jobs)?, false).await;
         }
         let tasks = jobs
             .iter()
@@ -478,6 +469,13 @@ fn encoded_task(job: &EmailJob) -> Result<Task<Vec<u8>>, QueueError> {
         .task_id(TaskId::from_ulid(Ulid::generate()))
         .max_attempts(MAX_ATTEMPTS)
         .build())
+}
+
+/// Tasks due now for `jobs`.
+fn due_tasks(jobs: &[EmailJob]) -> Result<Vec<Task<serde_json::Value>>, QueueError> {
+    jobs.iter()
+        .map(|job| task_for(job, None).map(|(task, _)| task))
+        .collect()
 }
 
 /// An apalis task for `job` with a fresh ULID as its id.
