@@ -313,6 +313,7 @@ pub fn keep_statistics_fresh(store: &Store) {
 /// `email2fa serve`: the ingress and the workers in one process, until
 /// SIGINT or SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let signal = shutdown_signal();
     let store = open_store(&settings).await?;
     keep_statistics_fresh(&store);
     if let Some(secret) = ensure_default_tenant(&settings, &store).await? {
@@ -336,7 +337,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         shutdown.wait(),
     )
     .await?;
-    shutdown_signal().await;
+    signal.await;
     let _ = stop.send(true);
     server.task.await.context("the server task failed")??;
     workers.await.context("the worker task failed")??;
@@ -348,11 +349,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// `email2fa ingress`: only the webhook ingress (no workers), for scaling
 /// the ingress apart from delivery. Emails queue up until a `worker` runs.
 pub async fn ingress(settings: Settings) -> anyhow::Result<()> {
+    let signal = shutdown_signal();
     let store = open_store(&settings).await?;
     keep_statistics_fresh(&store);
     let queue = open_queue(&settings, &store).await?;
     start_metrics_listener(&settings, &store).await?;
-    let server = start(Arc::new(settings), store.clone(), queue, shutdown_signal()).await?;
+    let server = start(Arc::new(settings), store.clone(), queue, signal).await?;
     server.task.await.context("the server task failed")??;
     store.db().close().await;
     tracing::info!("email2fa ingress stopped");
@@ -362,6 +364,7 @@ pub async fn ingress(settings: Settings) -> anyhow::Result<()> {
 /// `email2fa worker`: only the workers (and the outbox sweep), for scaling
 /// delivery apart from the ingress.
 pub async fn work(settings: Settings) -> anyhow::Result<()> {
+    let signal = shutdown_signal();
     let store = open_store(&settings).await?;
     keep_statistics_fresh(&store);
     let queue = open_queue(&settings, &store).await?;
@@ -373,7 +376,7 @@ pub async fn work(settings: Settings) -> anyhow::Result<()> {
         backend = store.db().backend_name(),
         "email2fa workers running"
     );
-    shutdown_signal().await;
+    signal.await;
     let _ = stop.send(true);
     workers.await.context("the worker task failed")??;
     store.db().close().await;
@@ -382,24 +385,36 @@ pub async fn work(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        drop(tokio::signal::ctrl_c().await);
-    };
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: call it before starting anything, so that a signal that
+/// arrives while the service starts is kept for the shutdown instead of
+/// killing the process the default way (exit by signal, no graceful stop).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {},
-        () = terminate => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let received = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => drop(signal.recv().await),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = received(interrupt) => {},
+                () = received(terminate) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        drop(tokio::signal::ctrl_c().await);
+        tracing::info!("shutdown signal received; finishing in-flight requests");
     }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
 }

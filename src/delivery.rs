@@ -12,7 +12,7 @@ use lettre::message::Mailbox;
 
 use crate::crypto::new_code;
 use crate::store::providers::password_context;
-use crate::store::{Store, StoreError, Timestamp, Tx};
+use crate::store::{ChallengeState, SendContext, Store, StoreError, Timestamp};
 
 /// Prepares deliveries from the store.
 #[derive(Clone, Debug)]
@@ -32,85 +32,76 @@ fn transient(error: StoreError) -> PrepareError {
 }
 
 impl MessageSource for ServiceSource {
-    async fn prepare(&self, delivery: &Delivery) -> Result<Prepared, PrepareError> {
-        let mut tx = self.store.begin().await.map_err(transient)?;
-        let result = prepare_in(&self.store, &mut tx, delivery).await;
-        match result {
-            Ok(prepared) => {
-                crate::store::commit(tx).await.map_err(transient)?;
-                Ok(prepared)
-            }
-            Err(error) => {
-                drop(tx.rollback().await);
-                Err(error)
-            }
+    /// Three round trips at most: [`Store::send_context`], and for a code
+    /// email the conditional write of its hash ([`Store::store_minted_code`]).
+    /// Nothing holds a transaction (or SQLite's write lock) while it reads.
+    async fn prepare(&self, d: &Delivery) -> Result<Prepared, PrepareError> {
+        let store = &self.store;
+        let code_email = d.kind != "factor_removed";
+        let challenge_id = d.challenge_id.as_deref().filter(|_| code_email);
+        let send = store
+            .send_context(&d.tenant_id, &d.secondary_auth_provider_id, challenge_id)
+            .await
+            .map_err(transient)?
+            .ok_or_else(no_provider)?;
+        let (provider, from) = provider_from(store, &send)?;
+        let now = Timestamp::now();
+        let product_name = from
+            .name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| send.tenant_name.clone());
+        let mut context = TemplateContext {
+            product_name,
+            user_name: d.user_name.clone(),
+            email: d.recipient.clone(),
+            role: if d.role == "admin" {
+                Role::Admin
+            } else {
+                Role::Customer
+            },
+            code: None,
+            code_ttl_minutes: None,
+            removed_at: None,
+            year: now.as_datetime().year(),
+        };
+        if code_email {
+            let (code, ttl) = mint(store, d, send.challenge.as_ref(), now).await?;
+            context.code = Some(code);
+            context.code_ttl_minutes = Some((i64::from(ttl) + 59) / 60);
+        } else {
+            context.removed_at = Some(
+                d.created_at
+                    .as_datetime()
+                    .format("%Y-%m-%d %H:%M UTC")
+                    .to_string(),
+            );
         }
+        Ok(Prepared {
+            provider,
+            from,
+            context,
+        })
     }
 }
 
-async fn prepare_in(store: &Store, tx: &mut Tx, d: &Delivery) -> Result<Prepared, PrepareError> {
-    let (provider, from) = provider_for(store, tx, d).await?;
-    let now = Timestamp::now();
-    let tenant_name = store
-        .tenant_name(tx, &d.tenant_id)
-        .await
-        .map_err(transient)?
-        .unwrap_or_default();
-    let product_name = from
-        .name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or(tenant_name);
-    let mut context = TemplateContext {
-        product_name,
-        user_name: d.user_name.clone(),
-        email: d.recipient.clone(),
-        role: if d.role == "admin" {
-            Role::Admin
-        } else {
-            Role::Customer
-        },
-        code: None,
-        code_ttl_minutes: None,
-        removed_at: None,
-        year: now.as_datetime().year(),
-    };
-    if d.kind == "factor_removed" {
-        context.removed_at = Some(
-            d.created_at
-                .as_datetime()
-                .format("%Y-%m-%d %H:%M UTC")
-                .to_string(),
-        );
-    } else {
-        let (code, ttl) = mint(store, tx, d, now).await?;
-        context.code = Some(code);
-        context.code_ttl_minutes = Some((i64::from(ttl) + 59) / 60);
-    }
-    Ok(Prepared {
-        provider,
-        from,
-        context,
-    })
+fn no_provider() -> PrepareError {
+    PrepareError::Permanent("no secondary auth provider is configured".into())
 }
 
 /// Draws the code for this send and stores its keyed hash and expiry with
 /// the challenge — unless the challenge closed or a newer send replaced it.
 async fn mint(
     store: &Store,
-    tx: &mut Tx,
     d: &Delivery,
+    challenge: Option<&ChallengeState>,
     now: Timestamp,
 ) -> Result<(String, i32), PrepareError> {
     let challenge_id = d
         .challenge_id
         .as_deref()
         .ok_or_else(|| PrepareError::Permanent("a code email without a challenge".into()))?;
-    let Some(challenge) = store
-        .challenge_in(tx, &d.tenant_id, challenge_id)
-        .await
-        .map_err(transient)?
-    else {
+    let Some(challenge) = challenge else {
         return Err(PrepareError::Skip("the challenge no longer exists".into()));
     };
     if challenge.status != "pending" {
@@ -124,47 +115,30 @@ async fn mint(
     }
     let length = usize::try_from(challenge.code_length).unwrap_or(6);
     let code = new_code(length);
-    let hash = store.hasher().code_hash(&challenge.id, &code);
+    let hash = store.hasher().code_hash(challenge_id, &code);
     let expires_at = now.plus_seconds(i64::from(challenge.code_ttl_seconds));
     let stored = store
-        .store_minted_code(tx, &d.tenant_id, &challenge.id, &d.id, &hash, expires_at)
+        .store_minted_code(&d.tenant_id, challenge_id, &d.id, &hash, expires_at)
         .await
         .map_err(transient)?;
     if !stored {
+        // A resend (or a verify) got in between our read and this write.
         return Err(PrepareError::Skip("superseded by a newer send".into()));
     }
     Ok((code, challenge.code_ttl_seconds))
 }
 
-async fn provider_for(
+/// The SMTP provider and sender of a [`SendContext`], its password opened.
+fn provider_from(
     store: &Store,
-    tx: &mut Tx,
-    d: &Delivery,
+    send: &SendContext,
 ) -> Result<(SmtpProvider, Mailbox), PrepareError> {
-    let secondary = match store
-        .secondary_auth_provider_in(tx, &d.tenant_id, Some(&d.secondary_auth_provider_id))
-        .await
-        .map_err(transient)?
-    {
-        Some(p) => p,
-        None => store
-            .secondary_auth_provider_in(tx, &d.tenant_id, None)
-            .await
-            .map_err(transient)?
-            .ok_or_else(|| {
-                PrepareError::Permanent("no secondary auth provider is configured".into())
-            })?,
-    };
-    let sp = store
-        .service_provider_in(tx, &d.tenant_id, &secondary.service_provider_id)
-        .await
-        .map_err(transient)?
-        .ok_or_else(|| {
-            PrepareError::Permanent(format!(
-                "service provider {:?} was deleted",
-                secondary.service_provider_id
-            ))
-        })?;
+    let (service_provider_id, sp) = send.provider.as_ref().ok_or_else(no_provider)?;
+    let sp = sp.as_ref().ok_or_else(|| {
+        PrepareError::Permanent(format!(
+            "service provider {service_provider_id:?} was deleted"
+        ))
+    })?;
     let password = match &sp.smtp_password_sealed {
         Some(sealed) => {
             let opened = store

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::process::{Service, run};
+use common::process::{Service, email2fa, run};
 use serde_json::json;
 
 fn stdout(output: &std::process::Output) -> String {
@@ -13,6 +13,41 @@ fn stdout(output: &std::process::Output) -> String {
 
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A SIGTERM that arrives while the service is still starting (here: as it
+/// prints the new tenant's secret, before it listens) is kept for the
+/// graceful shutdown: exit 0, not a death by signal.
+#[test]
+fn a_sigterm_during_startup_stops_the_service_gracefully() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = email2fa(dir.path(), &[("EMAIL2FA_LISTEN", "127.0.0.1:0")])
+        .arg("serve")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn email2fa serve");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a first line").expect("text");
+    assert!(first.starts_with("Created tenant"), "{first}");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let output = child.wait_with_output().expect("wait");
+    assert!(
+        output.status.success(),
+        "exit 0, not {}: {}",
+        output.status,
+        stderr(&output)
+    );
+    assert!(
+        stderr(&output).contains("shutdown signal received"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -27,7 +62,12 @@ fn a_fresh_embedded_start_creates_the_default_tenant_and_prints_its_secret_once(
         Some(32)
     );
     assert!(first.contains("\"default\""));
-    assert!(service.stop().success(), "SIGTERM exits 0");
+    let status = service.stop();
+    assert!(
+        status.success(),
+        "SIGTERM exits 0, not {status}: {}",
+        service.output()
+    );
 
     // The defaults put everything under data/.
     assert!(dir.path().join("data/email2fa.db").exists());

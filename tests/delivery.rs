@@ -39,6 +39,8 @@ on_every_queue!(
     no_code_rests_in_the_queue_the_deliveries_or_the_challenges,
     a_changed_provider_takes_effect_for_the_next_email,
     rejected_credentials_wait_the_longest_delay_instead_of_burning_attempts,
+    a_retry_after_its_provider_was_deleted_goes_through_the_tenants_first,
+    an_email_whose_challenge_was_replaced_while_it_waited_is_discarded,
 );
 
 async fn a_message_refused_twice_with_451_arrives_on_the_third_attempt(app: TestApp) {
@@ -205,4 +207,58 @@ async fn rejected_credentials_wait_the_longest_delay_instead_of_burning_attempts
     assert_eq!(fixed.status, 200);
     let (_, next_delivery) = start_enrollment(&app, "u2").await;
     assert_eq!(app.wait_delivery(&next_delivery, "sent").await, "sent");
+}
+
+/// The secondary auth provider of a waiting email was deleted: its retry
+/// goes through the tenant's first remaining provider, with a code that
+/// verifies.
+async fn a_retry_after_its_provider_was_deleted_goes_through_the_tenants_first(app: TestApp) {
+    ready(&app).await;
+    let other = email2fa_workers::sink::SmtpSink::start()
+        .await
+        .expect("sink");
+    let p2 = app
+        .post_signed("service_provider.upserted", json!({"id": "p2", "title": "Other", "kind": "smtp",
+            "smtp": {"host": "127.0.0.1", "port": other.port(), "security": "none", "from_address": "other@acme.example"}}))
+        .await;
+    assert_eq!(p2.status, 200, "{:?}", p2.json());
+    let s2 = app
+        .post_signed(
+            "secondary_auth_provider.upserted",
+            json!({"id": "s2", "title": "Backup", "service_provider_id": "p2"}),
+        )
+        .await;
+    assert_eq!(s2.status, 200, "{:?}", s2.json());
+    app.sink.fail_next(1, Fault::TempFail);
+    let (challenge, delivery) = start_enrollment(&app, "u1").await;
+    assert_eq!(app.wait_delivery(&delivery, "retrying").await, "retrying");
+    let gone = app
+        .post_signed("secondary_auth_provider.deleted", json!({"id": "s1"}))
+        .await;
+    assert_eq!(gone.json(), json!({"id": "s1", "deleted": true}));
+    assert_eq!(app.wait_delivery(&delivery, "sent").await, "sent");
+    let mail = other.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(mail.len(), 1, "the retry went through p2");
+    assert_eq!(app.sink.count(), 0, "p1's server accepted nothing");
+    let verified = app
+        .post_signed(
+            "enrollment.verify",
+            json!({"challenge_id": challenge, "code": code_in(&mail[0])}),
+        )
+        .await;
+    assert_eq!(verified.status, 200, "{:?}", verified.json());
+    assert_eq!(verified.json()["outcome"], "verified");
+}
+
+/// A new "Add" replaced the challenge while its first email waited for a
+/// retry: that email is discarded, and only the new code is mailed.
+async fn an_email_whose_challenge_was_replaced_while_it_waited_is_discarded(app: TestApp) {
+    ready(&app).await;
+    app.sink.fail_next(1, Fault::TempFail);
+    let (_, first) = start_enrollment(&app, "u1").await;
+    assert_eq!(app.wait_delivery(&first, "retrying").await, "retrying");
+    let (_, second) = start_enrollment(&app, "u1").await;
+    assert_eq!(app.wait_delivery(&second, "sent").await, "sent");
+    assert_eq!(app.wait_delivery(&first, "discarded").await, "discarded");
+    assert_eq!(app.sink.count(), 1, "only the second code was mailed");
 }

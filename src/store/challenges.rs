@@ -2,7 +2,7 @@
 //! change is a conditional update on `status = 'pending'`, so two racing
 //! verifications of the right code cannot both succeed.
 
-use email2fa_workers::with_tx;
+use email2fa_workers::{with_db, with_tx};
 
 use super::{Store, StoreResult, Timestamp, Tx};
 
@@ -198,23 +198,24 @@ impl Store {
     }
 
     /// Stores a freshly minted code's hash for the send `delivery_id`, if
-    /// that send is still the challenge's current one and it is pending.
+    /// that send is still the challenge's current one and it is pending: one
+    /// statement, so the check and the write cannot be split by a resend.
     pub async fn store_minted_code(
         &self,
-        tx: &mut Tx,
         tenant_id: &str,
         id: &str,
         delivery_id: &str,
         code_hash: &[u8],
         expires_at: Timestamp,
     ) -> StoreResult<bool> {
-        let changed = with_tx!(tx, conn => sqlx::query(
+        let _turn = self.db.write_turn().await?;
+        let changed = with_db!(&self.db, pool => sqlx::query(
             "update challenges set code_hash = $4, code_expires_at = $5, code_delivery_id = $3, \
                 updated_at = $6 \
              where tenant_id = $1 and id = $2 and status = 'pending' \
                 and current_delivery_id = $3")
             .bind(tenant_id).bind(id).bind(delivery_id).bind(code_hash).bind(expires_at)
-            .bind(Timestamp::now()).execute(conn).await.map(|r| r.rows_affected()))?;
+            .bind(Timestamp::now()).execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(changed == 1)
     }
 }

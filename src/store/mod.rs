@@ -11,6 +11,7 @@ mod login;
 pub mod providers;
 mod receipts;
 mod records;
+mod send_context;
 mod tenant_settings;
 mod tenants;
 
@@ -21,6 +22,7 @@ pub use login::LoginContext;
 pub use providers::{SecondaryAuthProviderRow, ServiceProviderRow};
 pub use receipts::{Receipt, ReceiptClaim};
 pub use records::LoginDecision;
+pub use send_context::{ChallengeState, SendContext};
 pub use tenant_settings::TenantSettings;
 pub use tenants::{KEY_CACHE_TTL, KeyCache, TenantSecretInfo, TenantSummary, TenantWithKeys};
 

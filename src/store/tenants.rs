@@ -299,12 +299,3 @@ impl Store {
         Ok(count)
     }
 }
-
-impl Store {
-    /// A tenant's display name.
-    pub async fn tenant_name(&self, tx: &mut super::Tx, id: &str) -> StoreResult<Option<String>> {
-        let row: Option<(String,)> = with_tx!(tx, conn => sqlx::query_as(
-            "select name from tenants where id = $1").bind(id).fetch_optional(conn).await)?;
-        Ok(row.map(|(name,)| name))
-    }
-}

@@ -230,6 +230,18 @@ impl Db {
         }
     }
 
+    /// On SQLite, this process's turn to write (see [`WriteLock`]), to hold
+    /// while one write statement runs on the pool outside a transaction;
+    /// `None` on PostgreSQL.
+    pub async fn write_turn(
+        &self,
+    ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, sqlx::Error> {
+        match self {
+            Self::Sqlite(_, lock) => lock.acquire().await.map(Some),
+            Self::Postgres(_) => Ok(None),
+        }
+    }
+
     /// `"sqlite"` or `"postgres"`, for logs and metrics.
     pub fn backend_name(&self) -> &'static str {
         match self {
