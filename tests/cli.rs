@@ -208,8 +208,16 @@ fn webhook_send_signs_posts_and_prints_the_answer() {
         "{}",
     ];
     assert!(run(dir.path(), &[], &args).status.success());
+    // A retry comes seconds later: the same id and data are still the same
+    // body (the envelope once carried the time of sending, and a retry in
+    // another second was refused as a different body under the same id).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let replay = run(dir.path(), &[], &args);
-    assert!(stderr(&replay).contains("idempotent replay"));
+    assert!(
+        stderr(&replay).contains("idempotent replay"),
+        "{}",
+        stderr(&replay)
+    );
 
     let refused = run(
         dir.path(),

@@ -44,8 +44,8 @@ pub struct Options {
         default_value = "ingress,drain,e2e,linear,baselines"
     )]
     pub scenarios: Vec<String>,
-    /// Comma-separated: sqlite,postgres,redis. `linear` runs on redis, and
-    /// on postgres too when this flag names it.
+    /// Comma-separated: sqlite,postgres,redis. `linear` runs on redis, or
+    /// on the deployments this flag names.
     #[arg(long, value_delimiter = ',')]
     pub deployments: Option<Vec<String>>,
     /// Measured seconds of the ingress closed loop and open loop (and of the
@@ -129,11 +129,7 @@ impl Config {
             (None, false) => vec![Kind::Sqlite, Kind::Postgres, Kind::Redis],
         };
         let linear_deployments = match &explicit {
-            Some(kinds) => kinds
-                .iter()
-                .copied()
-                .filter(|k| *k != Kind::Sqlite)
-                .collect(),
+            Some(kinds) => kinds.clone(),
             None => vec![Kind::Redis],
         };
         let secs = |v: Option<u64>, full: u64, tiny: u64| {

@@ -131,7 +131,9 @@ async fn run_all(config: &Config, env: &Env, rows: &mut Vec<Row>) -> anyhow::Res
     }
     if config.wants("linear") {
         if config.linear_deployments.is_empty() {
-            println!("skipped: linear runs on redis or postgres, and none was selected");
+            println!(
+                "skipped: linear has no deployment (a smoke run drains only SQLite, and only when --deployments names it)"
+            );
         }
         for kind in &config.linear_deployments {
             let mut row = Row::new("linear", kind.name());

@@ -28,7 +28,9 @@ pub enum WebhookCommand {
         /// The service's base URL; default: http:// + EMAIL2FA_LISTEN.
         #[arg(long)]
         url: Option<String>,
-        /// The webhook-id (default: a new ULID); reuse one to see idempotency.
+        /// The webhook-id (default: a new ULID); reuse one with the same data
+        /// to see idempotency (with an id, the envelope carries no timestamp,
+        /// so the body is the same each time).
         #[arg(long)]
         id: Option<String>,
     },
@@ -61,11 +63,18 @@ impl WebhookCommand {
         };
         let key = crate::crypto::decode_signing_secret(&secret)
             .context("the secret is not a whsec_ secret (whsec_ + base64)")?;
-        let body = serde_json::to_vec(&serde_json::json!({
-            "type": event_type,
-            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "data": data,
-        }))?;
+        // The envelope's `timestamp` is optional (the signed header carries
+        // the time); with a chosen id it is left out, so that posting the
+        // same id and data again sends the same body, which is a replay,
+        // whenever it is sent (with it, a second boundary between the two
+        // made it a different body under the same id: 409).
+        let mut envelope = serde_json::json!({"type": event_type, "data": data});
+        if id.is_none() {
+            envelope["timestamp"] = chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                .into();
+        }
+        let body = serde_json::to_vec(&envelope)?;
         let id = id.unwrap_or_else(|| format!("msg_{}", ulid::Ulid::generate()));
         let timestamp = chrono::Utc::now().timestamp();
         let signature = crate::signature::sign(&key, &id, timestamp, &body);

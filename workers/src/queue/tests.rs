@@ -532,6 +532,48 @@ async fn no_trigger_notifies_from_inside_a_pushing_transaction() {
     .await;
 }
 
+/// apalis-sqlite's per-job `lock` and `ack` (their text in apalis-sqlite
+/// 1.0) find the job by its id, not by reading every waiting job or every job
+/// the worker ever finished, which made a drain cost O(n²); the planner
+/// statistics written at setup see to it, on a new connection as another
+/// process would open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_finds_each_job_it_locks_or_acks_by_its_id() {
+    const LOCK: &str = "update Jobs set status = 'Running', lock_at = strftime('%s', 'now'), \
+        lock_by = ?2 where id in (select value from json_each(?1)) and (status = 'Queued' \
+        or status = 'Pending' or (status = 'Failed' and attempts < max_attempts))";
+    const ACK: &str = "with j as (select value ->> 'task_id' as task_id, \
+        value ->> 'attempt' as attempt, value ->> 'result' as result, \
+        value ->> 'status' as status from json_each(?1)) \
+        update Jobs set status = j.status, attempts = j.attempt, last_result = j.result, \
+        done_at = strftime('%s', 'now') from j where Jobs.id = j.task_id and Jobs.lock_by = ?2";
+    on_backend(Kind::Sqlite, |h| async move {
+        let Place::Sqlite { url, .. } = &h.place else {
+            unreachable!("an SQLite harness");
+        };
+        let pool = sqlx::SqlitePool::connect(url).await.expect("connect");
+        for statement in [LOCK, ACK] {
+            let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "explain query plan {statement}"
+            )))
+            .bind("[]")
+            .bind("worker")
+            .fetch_all(&pool)
+            .await
+            .expect("explain");
+            let steps: Vec<&str> = plan.iter().map(|step| step.3.as_str()).collect();
+            assert!(
+                steps
+                    .iter()
+                    .any(|step| step.contains("Jobs USING INDEX sqlite_autoindex_Jobs_1 (id=?)")),
+                "{statement}: {steps:?}"
+            );
+        }
+        pool.close().await;
+    })
+    .await;
+}
+
 async fn assert_no_trigger_on_jobs(url: &str) {
     let mut conn = PgConnection::connect(url).await.expect("connect");
     let (triggers,): (i64,) = sqlx::query_as(
