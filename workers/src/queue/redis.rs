@@ -201,6 +201,12 @@ fn storage(conn: ConnectionManager, queue: &str, batch_size: usize) -> RedisStor
         .heartbeat_interval(HEARTBEAT_INTERVAL)
         .missed_heartbeats(MISSED_HEARTBEATS)
         // Nobody listens to apalis's per-task events; they cost a PUBLISH each.
-        .emit_events(false);
+        .emit_events(false)
+        // No apalis lease per task: the engine leases the delivery row
+        // itself, and a worker that dies is found by its missed heartbeats
+        // either way. apalis-redis 1.0's lease also `LREM`s the job from the
+        // waiting list, which the fetch already took it out of, so each one
+        // scanned the whole backlog: a drain cost O(n²) in Redis.
+        .lock_tasks(false);
     RedisStorage::new(conn).with_config(config)
 }

@@ -574,6 +574,56 @@ async fn sqlite_finds_each_job_it_locks_or_acks_by_its_id() {
     .await;
 }
 
+/// A Redis worker takes each job without scanning the list of waiting jobs.
+/// apalis-redis's per-job lease (`acquire_leases.lua`) removed the job from
+/// that list with `LREM`, after the fetch had already taken it out: a scan of
+/// the whole backlog per job, so that draining n jobs cost O(n²) in Redis
+/// (a 100,000-job drain ran at half the rate of a 10,000-job one). The
+/// service keeps its own lease on the delivery row, so it asks apalis for
+/// none. `INFO commandstats` counts the commands scripts call too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_takes_a_job_without_scanning_the_waiting_list() {
+    on_backend(Kind::Redis, |h| async move {
+        let Place::Redis { url, .. } = &h.place else {
+            unreachable!("a Redis harness");
+        };
+        let client = ::redis::Client::open(url.as_str()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let before = list_scans(&mut conn).await;
+        const BACKLOG: usize = 500;
+        h.queue
+            .push_many(jobs("scan", BACKLOG))
+            .await
+            .expect("push_many");
+        let recorder = Recorder::default();
+        let runner = start_runner(h.queue.clone(), 4, recorder.handler(Duration::ZERO));
+        wait_until("the backlog", Duration::from_secs(60), || {
+            recorder.finished() >= BACKLOG
+        })
+        .await;
+        runner.stop().await.expect("a clean stop");
+        assert_eq!(recorder.distinct(), BACKLOG);
+        assert_eq!(list_scans(&mut conn).await, before, "LREM calls");
+    })
+    .await;
+}
+
+/// How many `LREM`s the Redis server has run since it started.
+async fn list_scans(conn: &mut ::redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("info commandstats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_lrem:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a count"))
+}
+
 async fn assert_no_trigger_on_jobs(url: &str) {
     let mut conn = PgConnection::connect(url).await.expect("connect");
     let (triggers,): (i64,) = sqlx::query_as(
