@@ -58,20 +58,15 @@ const JOBS_STATISTICS: &str = "insert into sqlite_stat1 (tbl, idx, stat) \
 /// Writes [`JOBS_STATISTICS`] when the file has none for `Jobs`, and makes
 /// this connection load them. Connections that loaded the schema before keep
 /// their estimates until the pool replaces them (sqlx retires a connection
-/// after 30 minutes); only the first start of a database has such
-/// connections, and its queue is small then.
+/// after 30 minutes): that happens only at the start that writes them, the
+/// first of a new database or the first of this version on an existing one.
 async fn pin_jobs_statistics(conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
-    let (stat_table,): (i64,) = sqlx::query_as(
-        "select count(*) from sqlite_master where type = 'table' and name = 'sqlite_stat1'",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if stat_table == 0 {
-        // Creates `sqlite_stat1` (it cannot be created any other way).
-        sqlx::query("analyze sqlite_schema")
-            .execute(&mut *conn)
-            .await?;
-    }
+    // Creates `sqlite_stat1` when it is missing (nothing else can), and
+    // analyses only the schema table, which has no index: no statistics of
+    // another table change.
+    sqlx::query("analyze sqlite_schema")
+        .execute(&mut *conn)
+        .await?;
     let written = sqlx::query(JOBS_STATISTICS)
         .execute(&mut *conn)
         .await?

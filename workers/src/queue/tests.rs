@@ -149,12 +149,16 @@ fn configured(variable: &str) -> Option<String> {
 }
 
 /// Deletes this test's keys only (never FLUSHALL: the server is shared).
-async fn delete_redis_queue(url: &str, name: &str) {
-    let client = ::redis::Client::open(url).expect("redis url");
-    let mut conn = client
+async fn redis_connection(url: &str) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(url)
+        .expect("redis url")
         .get_multiplexed_async_connection()
         .await
-        .expect("redis");
+        .expect("redis")
+}
+
+async fn delete_redis_queue(url: &str, name: &str) {
+    let mut conn = redis_connection(url).await;
     let keys: Vec<_> = {
         let mut scan = conn.clone();
         let iter: ::redis::AsyncIter<'_, String> =
@@ -587,11 +591,7 @@ async fn redis_takes_a_job_without_scanning_the_waiting_list() {
         let Place::Redis { url, .. } = &h.place else {
             unreachable!("a Redis harness");
         };
-        let client = ::redis::Client::open(url.as_str()).expect("redis url");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis");
+        let mut conn = redis_connection(url).await;
         let before = list_scans(&mut conn).await;
         const BACKLOG: usize = 500;
         h.queue
