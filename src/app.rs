@@ -213,11 +213,19 @@ pub async fn start_with_engine(
         .await
         .with_context(|| format!("failed to listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
+    let domain = Arc::new(crate::domain::DomainConfig::from_settings(&settings));
+    let ingest = crate::ingest::Ingest::start(
+        store.clone(),
+        queue.clone(),
+        Arc::clone(&domain),
+        ingest_config(&settings, &store),
+    );
     let state = AppState {
         store: store.clone(),
         webhook: Arc::new(settings.webhook.clone()),
-        domain: Arc::new(crate::domain::DomainConfig::from_settings(&settings)),
+        domain,
         queue,
+        ingest,
         ops: Arc::new(OpsConfig {
             token: settings.ops_token.clone(),
             unhealthy_providers: engine,
@@ -243,6 +251,22 @@ pub async fn start_with_engine(
         tracing::info!("the operations API (/ops) is off: set EMAIL2FA_OPS_TOKEN to turn it on");
     }
     Ok(RunningServer { addr, store, task })
+}
+
+/// The batcher's settings: two lanes on PostgreSQL (one batch can be
+/// written while the other is being read and decided), one on SQLite,
+/// which has one writer.
+fn ingest_config(settings: &Settings, store: &Store) -> crate::ingest::IngestConfig {
+    let lanes = match settings.ingest.lanes {
+        0 if store.batches_lock() => 2,
+        0 => 1,
+        lanes => lanes,
+    };
+    crate::ingest::IngestConfig {
+        lanes,
+        max_batch: settings.ingest.max_batch,
+        linger: Duration::from_micros(settings.ingest.linger_us),
+    }
 }
 
 /// Serves `/metrics` alone on `EMAIL2FA_METRICS_LISTEN`, when set, and keeps

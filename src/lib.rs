@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod ops;
 pub mod settings;

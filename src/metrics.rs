@@ -18,6 +18,11 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use email2fa_workers::db::{Db, Timestamp};
 use email2fa_workers::stats;
 
+/// Records the size of one ingress batch (webhooks per transaction).
+pub fn ingest_batch(size: usize) {
+    metrics::histogram!("email2fa_ingest_batch_size").record(size as f64);
+}
+
 /// How often the queue gauges are read from the database.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -30,6 +35,9 @@ const FAST_BUCKETS: &[f64] = &[
 const END_TO_END_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
+
+/// Buckets of the ingress's batch sizes (webhooks per transaction).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -45,6 +53,12 @@ fn install() -> Option<PrometheusHandle> {
             Matcher::Full("email2fa_delivery_end_to_end_seconds".into()),
             END_TO_END_BUCKETS,
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("email2fa_ingest_batch_size".into()),
+                BATCH_BUCKETS,
+            )
+        })
         .and_then(|b| b.set_buckets(FAST_BUCKETS));
     let installed = builder.and_then(|b| b.install_recorder());
     match installed {
@@ -74,6 +88,10 @@ fn describe() {
         "email2fa_webhook_duration_seconds",
         Unit::Seconds,
         "Time to answer a webhook, by event type"
+    );
+    describe_histogram!(
+        "email2fa_ingest_batch_size",
+        "Hot webhooks committed in one transaction by the ingress"
     );
     describe_counter!(
         "email2fa_deliveries_total",

@@ -56,6 +56,23 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The delivery engine.
     pub delivery: DeliverySettings,
+    /// The batching of hot webhooks.
+    pub ingest: IngestSettings,
+}
+
+/// `EMAIL2FA_INGEST__*`: how the ingress groups concurrent webhooks into
+/// one transaction (see the README's Architecture section).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Writer lanes (each holds at most one transaction); 0 picks 2 on
+    /// PostgreSQL and 1 on SQLite (one writer).
+    pub lanes: usize,
+    /// Most webhooks in one transaction.
+    pub max_batch: usize,
+    /// Microseconds a lane waits for more webhooks after the first of a
+    /// batch; 0 takes whatever arrived while the previous batch ran.
+    pub linger_us: u64,
 }
 
 /// `EMAIL2FA_LIMITS__*`: the send limits and the lockout (API.md section 4).
@@ -182,6 +199,11 @@ impl Default for Settings {
                 lease_seconds: 90,
                 templates_dir: PathBuf::from("templates"),
             },
+            ingest: IngestSettings {
+                lanes: 0,
+                max_batch: 64,
+                linger_us: 0,
+            },
         }
     }
 }
@@ -292,6 +314,21 @@ impl Settings {
             return invalid(
                 "EMAIL2FA_DELIVERY__MAX_ATTEMPTS",
                 "must be between 1 and 25",
+            );
+        }
+        if self.ingest.lanes > 64 {
+            return invalid(
+                "EMAIL2FA_INGEST__LANES",
+                "must be between 0 (automatic) and 64",
+            );
+        }
+        if !(1..=1000).contains(&self.ingest.max_batch) {
+            return invalid("EMAIL2FA_INGEST__MAX_BATCH", "must be between 1 and 1000");
+        }
+        if self.ingest.linger_us > 100_000 {
+            return invalid(
+                "EMAIL2FA_INGEST__LINGER_US",
+                "must be at most 100000 (0.1 s); 0 waits for nothing",
             );
         }
         if self.delivery.lease_seconds < 2 {

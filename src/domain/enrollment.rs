@@ -3,10 +3,11 @@
 
 use serde::Serialize;
 
-use super::sending::{queue_code, seconds_until};
-use super::{EventContext, EventError};
+use super::EventError;
+use super::batch::Overlay;
+use super::sending::{check_limits, queue_code, seconds_until};
 use crate::events::{ChallengeResend, EnrollmentStarted, FieldError, Role, User};
-use crate::store::{Challenge, TenantSettings, Timestamp};
+use crate::store::{Challenge, TenantSettings};
 
 /// The answer of `enrollment.started` and `challenge.resend` (and the
 /// challenge fields of `login.started`).
@@ -30,23 +31,23 @@ pub fn role_allowed(settings: &TenantSettings, role: Role) -> bool {
     }
 }
 
-/// Opens a pending challenge (superseding the user's earlier pending one of
-/// the same purpose) and queues its first code.
-pub async fn open_challenge(
-    ctx: &mut EventContext<'_>,
+/// Opens a pending challenge, superseding the user's earlier pending ones
+/// of the same purpose, and queues its first code. Checks the send limits
+/// before it changes anything.
+pub fn open_challenge(
+    overlay: &mut Overlay<'_>,
+    tenant_id: &str,
     purpose: &str,
     user: &User,
     email: &str,
     provider_id: &str,
     settings: &TenantSettings,
 ) -> Result<ChallengeAnswer, EventError> {
-    let now = Timestamp::now();
-    ctx.store
-        .supersede_pending(ctx.tx, ctx.tenant_id, &user.id, purpose, now)
-        .await?;
+    let now = overlay.now;
+    let id = overlay.mint.challenge_id(tenant_id, &user.id);
     let mut challenge = Challenge {
-        tenant_id: ctx.tenant_id.to_string(),
-        id: ulid::Ulid::generate().to_string(),
+        tenant_id: tenant_id.to_string(),
+        id,
         purpose: purpose.to_string(),
         user_id: user.id.clone(),
         role: user.role.as_str().to_string(),
@@ -69,79 +70,72 @@ pub async fn open_challenge(
         updated_at: now,
         closed_at: None,
     };
-    let send = queue_code(ctx, &challenge, now).await?;
-    challenge.current_delivery_id = Some(send.delivery_id.clone());
-    ctx.store.insert_challenge(ctx.tx, &challenge).await?;
-    ctx.store
-        .audit(
-            ctx.tx,
-            ctx.tenant_id,
-            Some(&user.id),
-            "code_sent",
-            serde_json::json!({"challenge_id": challenge.id, "delivery_id": send.delivery_id, "purpose": purpose}),
-        )
-        .await?;
-    Ok(ChallengeAnswer {
-        challenge_id: challenge.id,
-        delivery_id: send.delivery_id,
+    check_limits(overlay, &challenge)?;
+    for earlier in overlay.pending_of(tenant_id, &user.id, purpose) {
+        overlay.update_challenge(tenant_id, &earlier, |c| {
+            c.status = "superseded".into();
+            c.closed_at = Some(now);
+        });
+        overlay.clear_code(tenant_id, &earlier, false);
+    }
+    let delivery_id = queue_code(overlay, &challenge);
+    challenge.current_delivery_id = Some(delivery_id.clone());
+    let answer = ChallengeAnswer {
+        challenge_id: challenge.id.clone(),
+        delivery_id: delivery_id.clone(),
         code_ttl_seconds: challenge.code_ttl_seconds,
         resend_after: challenge.resend_after.to_rfc3339(),
-    })
+    };
+    let detail = serde_json::json!({"challenge_id": challenge.id, "delivery_id": delivery_id, "purpose": purpose});
+    overlay.insert_challenge(challenge);
+    overlay.audit(tenant_id, &user.id, "code_sent", detail);
+    Ok(answer)
 }
 
 /// "Add" → "Send Code".
-pub async fn started(
-    ctx: &mut EventContext<'_>,
-    event: EnrollmentStarted,
+pub fn started(
+    overlay: &mut Overlay<'_>,
+    tenant_id: &str,
+    event: &EnrollmentStarted,
 ) -> Result<ChallengeAnswer, EventError> {
-    event.validate()?;
-    let settings = ctx.store.settings_in(ctx.tx, ctx.tenant_id).await?;
-    if !role_allowed(&settings, event.user.role) {
+    let tenant = overlay.tenant(tenant_id)?.clone();
+    let role = event.user.role;
+    if !role_allowed(&tenant.settings, role) {
         return Err(EventError::NotAllowed(format!(
             "2FA is Inactive for {} users (the {} \"Allowed\" toggle)",
-            event.user.role.as_str(),
-            if event.user.role == Role::Admin {
+            role.as_str(),
+            if role == Role::Admin {
                 "Admin"
             } else {
                 "Customer"
             }
         )));
     }
-    let factors = ctx
-        .store
-        .user_factors(ctx.tx, ctx.tenant_id, &event.user.id)
-        .await?;
-    if !factors.is_empty() {
+    if !overlay.factors(tenant_id, &event.user.id).is_empty() {
         return Err(EventError::AlreadyEnrolled);
     }
-    let provider = ctx
-        .store
-        .secondary_auth_provider_in(
-            ctx.tx,
-            ctx.tenant_id,
-            event.secondary_auth_provider_id.as_deref(),
-        )
-        .await?;
-    let provider = match (provider, &event.secondary_auth_provider_id) {
-        (Some(provider), _) => provider,
-        (None, Some(id)) => {
-            return Err(EventError::Invalid(vec![FieldError::new(
-                "secondary_auth_provider_id",
-                format!("no secondary auth provider {id:?}"),
-            )]));
-        }
-        (None, None) => return Err(no_provider()),
+    let provider = match &event.secondary_auth_provider_id {
+        Some(id) => tenant
+            .providers
+            .iter()
+            .find(|p| &p.id == id)
+            .ok_or_else(|| {
+                EventError::Invalid(vec![FieldError::new(
+                    "secondary_auth_provider_id",
+                    format!("no secondary auth provider {id:?}"),
+                )])
+            })?,
+        None => tenant.providers.first().ok_or_else(no_provider)?,
     };
-    let email = event.address().to_string();
     open_challenge(
-        ctx,
+        overlay,
+        tenant_id,
         "enrollment",
         &event.user,
-        &email,
+        event.address(),
         &provider.id,
-        &settings,
+        &tenant.settings,
     )
-    .await
 }
 
 /// The 409 for a tenant without a secondary auth provider.
@@ -153,16 +147,15 @@ pub fn no_provider() -> EventError {
 
 /// "Send New Code": a new code, every earlier one stops working, the
 /// wrong-try counter carries on.
-pub async fn resend(
-    ctx: &mut EventContext<'_>,
-    event: ChallengeResend,
+pub fn resend(
+    overlay: &mut Overlay<'_>,
+    tenant_id: &str,
+    event: &ChallengeResend,
 ) -> Result<ChallengeAnswer, EventError> {
-    event.validate()?;
-    let now = Timestamp::now();
-    let challenge = ctx
-        .store
-        .challenge_in(ctx.tx, ctx.tenant_id, &event.challenge_id)
-        .await?
+    let now = overlay.now;
+    let challenge = overlay
+        .challenge(tenant_id, &event.challenge_id)
+        .cloned()
         .ok_or(EventError::ChallengeNotFound)?;
     if challenge.status != "pending" {
         return Err(EventError::ChallengeClosed(challenge.status));
@@ -173,31 +166,25 @@ pub async fn resend(
             detail: "a new code can be sent once the resend cooldown has passed".into(),
         });
     }
-    let send = queue_code(ctx, &challenge, now).await?;
-    let settings = ctx.store.settings_in(ctx.tx, ctx.tenant_id).await?;
-    let resend_after = now.plus_seconds(i64::from(settings.resend_cooldown_seconds));
-    ctx.store
-        .start_new_send(
-            ctx.tx,
-            ctx.tenant_id,
-            &challenge.id,
-            &send.delivery_id,
-            resend_after,
-            now,
-        )
-        .await?;
-    ctx.store
-        .audit(
-            ctx.tx,
-            ctx.tenant_id,
-            Some(&challenge.user_id),
-            "code_sent",
-            serde_json::json!({"challenge_id": challenge.id, "delivery_id": send.delivery_id, "purpose": challenge.purpose, "resend": true}),
-        )
-        .await?;
+    check_limits(overlay, &challenge)?;
+    let cooldown = overlay.tenant(tenant_id)?.settings.resend_cooldown_seconds;
+    let resend_after = now.plus_seconds(i64::from(cooldown));
+    let delivery_id = queue_code(overlay, &challenge);
+    let new_send = delivery_id.clone();
+    overlay.update_challenge(tenant_id, &challenge.id, |c| {
+        c.current_delivery_id = Some(new_send);
+        c.resend_after = resend_after;
+    });
+    overlay.clear_code(tenant_id, &challenge.id, true);
+    overlay.audit(
+        tenant_id,
+        &challenge.user_id,
+        "code_sent",
+        serde_json::json!({"challenge_id": challenge.id, "delivery_id": delivery_id, "purpose": challenge.purpose, "resend": true}),
+    );
     Ok(ChallengeAnswer {
         challenge_id: challenge.id,
-        delivery_id: send.delivery_id,
+        delivery_id,
         code_ttl_seconds: challenge.code_ttl_seconds,
         resend_after: resend_after.to_rfc3339(),
     })

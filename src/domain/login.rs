@@ -1,13 +1,13 @@
 //! `login.started`: allow, challenge, or require enrollment — and write the
 //! decision down with its reason.
 
-use secrecy::ExposeSecret;
 use serde::Serialize;
 
+use super::EventError;
+use super::batch::{DecisionRow, Overlay};
 use super::enrollment::{no_provider, open_challenge, role_allowed};
-use super::{EventContext, EventError};
 use crate::events::{LoginStarted, Role};
-use crate::store::{LoginContext, LoginDecision, Timestamp};
+use crate::store::TenantSettings;
 
 /// The answer of `login.started`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -44,86 +44,109 @@ impl LoginAnswer {
     }
 }
 
-/// Decides a login's second step.
-pub async fn started(
-    ctx: &mut EventContext<'_>,
-    event: LoginStarted,
+/// What a login needs to know about the user, before any code is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstStep {
+    /// Let the user in without a code, for this reason.
+    Allow(&'static str),
+    /// An admin without a factor while 2FA is required for admins.
+    EnrollRequired,
+    /// Check the trust cookie, else send a code.
+    Challenge,
+}
+
+/// The login decision before trust and codes: the role's toggle, then
+/// whether the user has a factor. "Require 2FA for Admin Users" only counts
+/// while admin 2FA is allowed; customers are never required.
+pub fn first_step(settings: &TenantSettings, role: Role, enrolled: bool) -> FirstStep {
+    if !role_allowed(settings, role) {
+        FirstStep::Allow("2fa_inactive")
+    } else if enrolled {
+        FirstStep::Challenge
+    } else if role == Role::Admin && settings.require_admin_2fa {
+        FirstStep::EnrollRequired
+    } else {
+        FirstStep::Allow("not_enrolled")
+    }
+}
+
+/// Decides a login's second step and records the decision.
+pub fn started(
+    overlay: &mut Overlay<'_>,
+    tenant_id: &str,
+    event: &LoginStarted,
+    token_hash: Option<&[u8]>,
 ) -> Result<LoginAnswer, EventError> {
-    event.validate()?;
-    let answer = decide(ctx, &event).await?;
-    let record = LoginDecision {
-        user_id: &event.user.id,
+    let answer = decide(overlay, tenant_id, event, token_hash)?;
+    let row = DecisionRow {
+        tenant_id: tenant_id.to_string(),
+        id: overlay.mint.id(),
+        user_id: event.user.id.clone(),
         role: event.user.role.as_str(),
         decision: answer.decision,
         reason: answer.reason,
-        challenge_id: answer.challenge_id.as_deref(),
-        ip: event.ip.as_deref(),
-        user_agent: event.user_agent.as_deref(),
+        challenge_id: answer.challenge_id.clone(),
+        ip: event.ip.clone(),
+        user_agent: event.user_agent.clone(),
+        created_at: overlay.now,
     };
-    ctx.store
-        .insert_login_decision(ctx.tx, ctx.tenant_id, &record, Timestamp::now())
-        .await?;
+    overlay.writes().decisions.push(row);
     Ok(answer)
 }
 
-async fn decide(
-    ctx: &mut EventContext<'_>,
+fn decide(
+    overlay: &mut Overlay<'_>,
+    tenant_id: &str,
     event: &LoginStarted,
+    token_hash: Option<&[u8]>,
 ) -> Result<LoginAnswer, EventError> {
     let user = &event.user;
-    let LoginContext {
-        settings,
-        factor,
-        provider,
-    } = ctx
-        .store
-        .login_context(ctx.tx, ctx.tenant_id, &user.id)
-        .await?;
-    if !role_allowed(&settings, user.role) {
-        return Ok(LoginAnswer::plain("allow", "2fa_inactive"));
+    let tenant = overlay.tenant(tenant_id)?.clone();
+    let settings = &tenant.settings;
+    let factor = overlay.factors(tenant_id, &user.id).first().cloned();
+    match first_step(settings, user.role, factor.is_some()) {
+        FirstStep::Allow(reason) => return Ok(LoginAnswer::plain("allow", reason)),
+        FirstStep::EnrollRequired => {
+            return Ok(LoginAnswer::plain("enroll_required", "enrollment_required"));
+        }
+        FirstStep::Challenge => {}
     }
     let Some(factor) = factor else {
-        // "Require 2FA for Admin Users" only counts while admin 2FA is allowed
-        // (checked above); customers are never required.
-        return Ok(if user.role == Role::Admin && settings.require_admin_2fa {
-            LoginAnswer::plain("enroll_required", "enrollment_required")
-        } else {
-            LoginAnswer::plain("allow", "not_enrolled")
-        });
+        return Ok(LoginAnswer::plain("allow", "not_enrolled"));
     };
-    if let Some(token) = &event.trust_token
+    if let Some(hash) = token_hash
         && settings.trust_device_days > 0
+        && let Some(device) = overlay.trusted_device(tenant_id, &user.id, hash)
     {
-        let hash = ctx.store.hasher().token_hash(token.expose_secret());
-        let now = Timestamp::now();
-        if let Some(device_id) = ctx
-            .store
-            .use_trusted_device(ctx.tx, ctx.tenant_id, &user.id, &hash, now)
-            .await?
-        {
-            ctx.store
-                .audit(
-                    ctx.tx,
-                    ctx.tenant_id,
-                    Some(&user.id),
-                    "trusted_login",
-                    serde_json::json!({"device_id": device_id}),
-                )
-                .await?;
-            return Ok(LoginAnswer::plain("allow", "trusted_device"));
-        }
+        let device_id = device.id.clone();
+        overlay
+            .writes()
+            .devices_used
+            .push((tenant_id.to_string(), device_id.clone()));
+        overlay.audit(
+            tenant_id,
+            &user.id,
+            "trusted_login",
+            serde_json::json!({"device_id": device_id}),
+        );
+        return Ok(LoginAnswer::plain("allow", "trusted_device"));
     }
     // The factor's provider, or the tenant's first if it was deleted since.
-    let provider = match provider {
-        Some(provider) => provider,
-        None => ctx
-            .store
-            .secondary_auth_provider_in(ctx.tx, ctx.tenant_id, None)
-            .await?
-            .ok_or_else(no_provider)?,
-    };
-    let email = factor.email.clone();
-    let opened = open_challenge(ctx, "login", user, &email, &provider.id, &settings).await?;
+    let provider = tenant
+        .providers
+        .iter()
+        .find(|p| p.id == factor.secondary_auth_provider_id)
+        .or(tenant.providers.first())
+        .ok_or_else(no_provider)?;
+    let opened = open_challenge(
+        overlay,
+        tenant_id,
+        "login",
+        user,
+        &factor.email,
+        &provider.id,
+        settings,
+    )?;
     Ok(LoginAnswer {
         decision: "challenge",
         reason: "code_sent",
@@ -132,4 +155,58 @@ async fn decide(
         code_ttl_seconds: Some(opened.code_ttl_seconds),
         resend_after: Some(opened.resend_after),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Timestamp;
+
+    fn settings(admin: bool, customer: bool, require_admin: bool) -> TenantSettings {
+        TenantSettings {
+            admin_2fa_allowed: admin,
+            customer_2fa_allowed: customer,
+            require_admin_2fa: require_admin,
+            updated_at: Timestamp::now(),
+            ..TenantSettings::defaults_for("t")
+        }
+    }
+
+    #[test]
+    fn the_first_step_follows_the_toggles_and_enrollment() {
+        use FirstStep::*;
+        let cases = [
+            // (admin allowed, customer allowed, require admin, role, enrolled) → step
+            (
+                (false, false, false, Role::Admin, true),
+                Allow("2fa_inactive"),
+            ),
+            (
+                (false, false, true, Role::Admin, false),
+                Allow("2fa_inactive"),
+            ),
+            (
+                (true, false, false, Role::Customer, true),
+                Allow("2fa_inactive"),
+            ),
+            ((true, false, false, Role::Admin, true), Challenge),
+            (
+                (true, false, false, Role::Admin, false),
+                Allow("not_enrolled"),
+            ),
+            ((true, false, true, Role::Admin, false), EnrollRequired),
+            (
+                (false, true, true, Role::Customer, false),
+                Allow("not_enrolled"),
+            ),
+            ((false, true, false, Role::Customer, true), Challenge),
+        ];
+        for ((admin, customer, require, role, enrolled), expected) in cases {
+            let step = first_step(&settings(admin, customer, require), role, enrolled);
+            assert_eq!(
+                step, expected,
+                "{admin} {customer} {require} {role:?} {enrolled}"
+            );
+        }
+    }
 }

@@ -39,6 +39,7 @@ pub async fn factor_removed(
     event: UserScoped,
 ) -> Result<RemovedAnswer, EventError> {
     event.validate(Some("factor_id"))?;
+    lock_user(ctx, &event.user_id).await?;
     let now = Timestamp::now();
     let removed = ctx
         .store
@@ -87,12 +88,21 @@ pub async fn factor_removed(
     })
 }
 
+/// Waits for the user's hot webhooks in flight (their batches hold the
+/// user's lock, see [`super::keys`]) and keeps new ones out until this
+/// transaction ends.
+async fn lock_user(ctx: &mut EventContext<'_>, user_id: &str) -> Result<(), EventError> {
+    let key = super::keys::user_key(ctx.tenant_id, user_id);
+    Ok(ctx.store.lock_users(ctx.tx, &[key]).await?)
+}
+
 /// Revokes one or all of a user's trusted devices.
 pub async fn devices_revoked(
     ctx: &mut EventContext<'_>,
     event: UserScoped,
 ) -> Result<RevokedAnswer, EventError> {
     event.validate(Some("device_id"))?;
+    lock_user(ctx, &event.user_id).await?;
     let revoked = ctx
         .store
         .revoke_trusted_devices(

@@ -1,11 +1,17 @@
 //! What each event does: the decisions and writes behind the webhook answers.
 //!
-//! Every handler runs inside the ingress's transaction, together with the
-//! idempotency receipt, so an event's writes and its receipt commit or roll
-//! back as one. Emails are queued as delivery rows; the ingress pushes their
-//! jobs before it commits (see `http::webhooks`).
+//! The hot events (enrollment, login, verify, resend) are decided a batch at
+//! a time, in plain code without I/O, over a snapshot the store reads for
+//! the batch ([`batch`]); the ingress's batcher ([`crate::ingest`]) runs
+//! the transaction around them. The rare events (settings, providers,
+//! managing 2FA) run one at a time inside the ingress's transaction
+//! ([`execute`]). Either way an event's writes and its idempotency receipt
+//! commit or roll back as one, and emails are queued as delivery rows whose
+//! jobs commit (or are pushed) with them.
 
+pub mod batch;
 mod enrollment;
+pub mod keys;
 mod login;
 mod manage;
 mod providers;
@@ -13,12 +19,12 @@ mod sending;
 mod settings;
 mod verify;
 
-pub use enrollment::ChallengeAnswer;
-pub use login::LoginAnswer;
+pub use enrollment::{ChallengeAnswer, role_allowed};
+pub use login::{FirstStep, LoginAnswer, first_step};
 pub use manage::{RemovedAnswer, RevokedAnswer, StatusAnswer};
 pub use providers::{SecondaryAuthProviderAnswer, ServiceProviderAnswer, SmtpAnswer};
-pub use sending::seconds_until;
-pub use verify::VerifyAnswer;
+pub use sending::{seconds_until, send_verdict};
+pub use verify::{VerifyAnswer, closed_outcome, normalize_code};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -45,6 +51,9 @@ pub enum EventError {
     /// No secondary auth provider is configured (409).
     #[error("{0}")]
     NoProvider(String),
+    /// The `webhook-id` was used before with another body (409).
+    #[error("this webhook-id was already used with a different body")]
+    WebhookIdConflict,
     /// The challenge is verified, locked, expired or replaced (409).
     #[error("the challenge is {0}; start a new one")]
     ChallengeClosed(String),
@@ -110,7 +119,9 @@ pub struct EventContext<'a> {
     pub deliveries: Vec<String>,
 }
 
-/// Runs one event and returns its JSON answer (status 200).
+/// Runs one rare event and returns its JSON answer (status 200). The hot
+/// events never come here: the ingress decides them in batches
+/// ([`EventType::is_hot`]).
 pub async fn execute(
     ctx: &mut EventContext<'_>,
     envelope: &Envelope<'_>,
@@ -130,11 +141,13 @@ pub async fn execute(
         EventType::SecondaryAuthProviderDeleted => {
             answer(providers::delete_secondary(ctx, parse(data)?).await?)
         }
-        EventType::EnrollmentStarted => answer(enrollment::started(ctx, parse(data)?).await?),
-        EventType::EnrollmentVerify => answer(verify::verify(ctx, parse(data)?, false).await?),
-        EventType::LoginStarted => answer(login::started(ctx, parse(data)?).await?),
-        EventType::LoginVerify => answer(verify::verify(ctx, parse(data)?, true).await?),
-        EventType::ChallengeResend => answer(enrollment::resend(ctx, parse(data)?).await?),
+        EventType::EnrollmentStarted
+        | EventType::EnrollmentVerify
+        | EventType::LoginStarted
+        | EventType::LoginVerify
+        | EventType::ChallengeResend => {
+            unreachable!("hot events are decided in batches (crate::ingest)")
+        }
         EventType::FactorRemoved => answer(manage::factor_removed(ctx, parse(data)?).await?),
         EventType::TrustedDevicesRevoked => {
             answer(manage::devices_revoked(ctx, parse(data)?).await?)

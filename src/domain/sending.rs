@@ -2,91 +2,38 @@
 //! engine turns into an email with a freshly minted code.
 //!
 //! Limits (all settings): the user's lockout after consecutive failures, at
-//! most N codes per user per window and M per recipient per window. They
-//! hold across every process sharing the database because the counts are
-//! read under a lock on the user and the recipient (PostgreSQL advisory
-//! locks; SQLite's single writer), inside the transaction that inserts.
+//! most N codes per user per window and M per recipient per window. Every
+//! requested send counts (sent, queued, or replaced by a newer one before
+//! going out), so hammering "Send New Code" cannot get around them. They
+//! hold across processes because a batch reads the counts under its users'
+//! and addresses' locks (PostgreSQL advisory locks; SQLite's single
+//! writer), and within a batch because each send is counted as it is
+//! decided ([`Overlay::count_send`]).
 
-use email2fa_workers::deliveries::{NewDelivery, insert_delivery, new_delivery_id};
+use email2fa_workers::deliveries::NewDelivery;
 
-use super::{EventContext, EventError};
+use super::EventError;
+use super::batch::{Overlay, Security, Window};
+use crate::settings::LimitSettings;
 use crate::store::{Challenge, Timestamp};
-
-/// A send that was queued.
-#[derive(Debug, Clone)]
-pub struct SendStarted {
-    /// The delivery (also the job).
-    pub delivery_id: String,
-}
-
-/// Checks the limits and queues a code email for `challenge`.
-pub async fn queue_code(
-    ctx: &mut EventContext<'_>,
-    challenge: &Challenge,
-    now: Timestamp,
-) -> Result<SendStarted, EventError> {
-    check_limits(ctx, &challenge.user_id, &challenge.email, now).await?;
-    let delivery = NewDelivery {
-        id: new_delivery_id(),
-        tenant_id: ctx.tenant_id.to_string(),
-        kind: if challenge.purpose == "enrollment" {
-            "enrollment_code"
-        } else {
-            "login_code"
-        },
-        user_id: challenge.user_id.clone(),
-        recipient: challenge.email.clone(),
-        user_name: challenge.user_name.clone(),
-        locale: challenge.locale.clone(),
-        role: challenge.role.clone(),
-        challenge_id: Some(challenge.id.clone()),
-        secondary_auth_provider_id: challenge.secondary_auth_provider_id.clone(),
-        max_attempts: ctx.config.delivery_max_attempts,
-        not_after: Some(now.plus_seconds(i64::from(challenge.code_ttl_seconds))),
-        resent_from: None,
-    };
-    insert_delivery(ctx.tx, &delivery, now)
-        .await
-        .map_err(crate::store::StoreError::from)?;
-    ctx.deliveries.push(delivery.id.clone());
-    Ok(SendStarted {
-        delivery_id: delivery.id,
-    })
-}
 
 /// Seconds from `now` until `at` (at least 1), for `Retry-After`.
 pub fn seconds_until(at: Timestamp, now: Timestamp) -> u64 {
     u64::try_from((at.unix_seconds() - now.unix_seconds()).max(1)).unwrap_or(1)
 }
 
-async fn check_limits(
-    ctx: &mut EventContext<'_>,
-    user_id: &str,
-    recipient: &str,
+/// Whether one more code may go to this user and address: the lockout
+/// first, then the user's window, then the address's.
+pub fn send_verdict(
+    limits: &LimitSettings,
+    security: Security,
+    user: Window,
+    recipient: Window,
     now: Timestamp,
 ) -> Result<(), EventError> {
-    let limits = &ctx.config.limits;
-    let store = ctx.store;
-    store
-        .lock_for_limits(
-            ctx.tx,
-            &format!("user:{}:{user_id}", ctx.tenant_id),
-            &format!("rcpt:{}:{recipient}", ctx.tenant_id),
-        )
-        .await?;
-    let counts = store
-        .send_limit_counts(
-            ctx.tx,
-            ctx.tenant_id,
-            user_id,
-            recipient,
-            now.plus_seconds(-limits.user_window_seconds),
-            now.plus_seconds(-limits.recipient_window_seconds),
-        )
-        .await?;
-    let failures = counts.failures;
+    let failures = security.failures;
     if failures >= limits.lockout_failures
-        && let Some(last) = counts.last_failure_at
+        && let Some(last) = security.last_failure_at
     {
         let until = last.plus_seconds(limits.lockout_seconds);
         if until > now {
@@ -98,9 +45,9 @@ async fn check_limits(
             });
         }
     }
-    if counts.user_sends >= limits.codes_per_user {
-        let free = counts
-            .oldest_user_send
+    if user.count >= limits.codes_per_user {
+        let free = user
+            .oldest
             .unwrap_or(now)
             .plus_seconds(limits.user_window_seconds);
         return Err(EventError::RateLimited {
@@ -112,9 +59,9 @@ async fn check_limits(
             ),
         });
     }
-    if counts.recipient_sends >= limits.codes_per_recipient {
-        let free = counts
-            .oldest_recipient_send
+    if recipient.count >= limits.codes_per_recipient {
+        let free = recipient
+            .oldest
             .unwrap_or(now)
             .plus_seconds(limits.recipient_window_seconds);
         return Err(EventError::RateLimited {
@@ -127,4 +74,170 @@ async fn check_limits(
         });
     }
     Ok(())
+}
+
+/// Checks the limits for a code to `challenge`'s user and address.
+pub fn check_limits(overlay: &Overlay<'_>, challenge: &Challenge) -> Result<(), EventError> {
+    let tenant = challenge.tenant_id.as_str();
+    let security = overlay.security(tenant, &challenge.user_id);
+    let (user, recipient) = overlay.windows(tenant, &challenge.user_id, &challenge.email);
+    send_verdict(
+        &overlay.config.limits,
+        security,
+        user,
+        recipient,
+        overlay.now,
+    )
+}
+
+/// Queues a code email for `challenge` (the limits were checked) and counts
+/// it; returns the delivery id.
+pub fn queue_code(overlay: &mut Overlay<'_>, challenge: &Challenge) -> String {
+    let now = overlay.now;
+    let delivery = NewDelivery {
+        id: email2fa_workers::deliveries::new_delivery_id(),
+        tenant_id: challenge.tenant_id.clone(),
+        kind: if challenge.purpose == "enrollment" {
+            "enrollment_code"
+        } else {
+            "login_code"
+        },
+        user_id: challenge.user_id.clone(),
+        recipient: challenge.email.clone(),
+        user_name: challenge.user_name.clone(),
+        locale: challenge.locale.clone(),
+        role: challenge.role.clone(),
+        challenge_id: Some(challenge.id.clone()),
+        secondary_auth_provider_id: challenge.secondary_auth_provider_id.clone(),
+        max_attempts: overlay.config.delivery_max_attempts,
+        not_after: Some(now.plus_seconds(i64::from(challenge.code_ttl_seconds))),
+        resent_from: None,
+    };
+    let id = delivery.id.clone();
+    overlay.count_send(&challenge.tenant_id, &challenge.user_id, &challenge.email);
+    overlay.writes().deliveries.push(delivery);
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> LimitSettings {
+        LimitSettings {
+            codes_per_user: 5,
+            user_window_seconds: 900,
+            codes_per_recipient: 10,
+            recipient_window_seconds: 3600,
+            lockout_failures: 20,
+            lockout_seconds: 900,
+        }
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from(
+            chrono::DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("valid"),
+        )
+    }
+
+    fn window(count: i64, oldest: i64) -> Window {
+        Window {
+            count,
+            oldest: Some(at(oldest)),
+        }
+    }
+
+    fn retry_after(result: Result<(), EventError>) -> Option<u64> {
+        match result {
+            Err(EventError::RateLimited { retry_after, .. }) => Some(retry_after),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_send_below_every_limit_is_allowed() {
+        let verdict = send_verdict(
+            &limits(),
+            Security::default(),
+            window(4, 0),
+            window(9, 0),
+            at(10),
+        );
+        assert!(verdict.is_ok());
+    }
+
+    #[test]
+    fn the_user_window_frees_a_slot_when_its_oldest_send_leaves_it() {
+        let verdict = send_verdict(
+            &limits(),
+            Security::default(),
+            window(5, 100),
+            Window::default(),
+            at(400),
+        );
+        assert_eq!(retry_after(verdict), Some(600));
+    }
+
+    #[test]
+    fn the_address_window_is_checked_after_the_users() {
+        let verdict = send_verdict(
+            &limits(),
+            Security::default(),
+            window(1, 0),
+            window(10, 0),
+            at(3000),
+        );
+        assert_eq!(retry_after(verdict), Some(600));
+    }
+
+    #[test]
+    fn a_streak_of_wrong_codes_pauses_sends_until_the_lockout_ends() {
+        let locked = Security {
+            failures: 20,
+            last_failure_at: Some(at(0)),
+            stored: true,
+        };
+        let verdict = send_verdict(
+            &limits(),
+            locked,
+            Window::default(),
+            Window::default(),
+            at(100),
+        );
+        assert_eq!(retry_after(verdict), Some(800));
+        let later = send_verdict(
+            &limits(),
+            locked,
+            Window::default(),
+            Window::default(),
+            at(900),
+        );
+        assert!(later.is_ok(), "the lockout ends after lockout_seconds");
+        let short = Security {
+            failures: 19,
+            ..locked
+        };
+        assert!(
+            send_verdict(
+                &limits(),
+                short,
+                Window::default(),
+                Window::default(),
+                at(1)
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn retry_after_is_at_least_one_second() {
+        let verdict = send_verdict(
+            &limits(),
+            Security::default(),
+            window(5, -900),
+            Window::default(),
+            at(0),
+        );
+        assert_eq!(retry_after(verdict), Some(1));
+    }
 }

@@ -1,14 +1,15 @@
 //! `enrollment.verify` and `login.verify`: one code, checked in constant
 //! time against its keyed hash, good once.
 //!
-//! Races are settled by the store's conditional updates: of many concurrent
-//! verifications of the right code exactly one moves the challenge out of
-//! `pending`; the others see `already_used`.
+//! Every verification of a challenge runs under its user's lock (the
+//! challenge id carries the user's key, see [`super::keys`]), one after the
+//! other, so of many concurrent verifications of the right code exactly one
+//! succeeds; the others see `already_used`.
 
 use serde::Serialize;
 
-use super::{EventContext, EventError};
-use crate::crypto::new_trust_token;
+use super::EventError;
+use super::batch::Overlay;
 use crate::events::Verify;
 use crate::store::{Challenge, Factor, Timestamp, TrustedDevice};
 
@@ -43,196 +44,190 @@ impl VerifyAnswer {
     }
 }
 
-/// Checks a code typed on the enrollment (`login = false`) or login screen.
-pub async fn verify(
-    ctx: &mut EventContext<'_>,
-    event: Verify,
-    login: bool,
-) -> Result<VerifyAnswer, EventError> {
-    event.validate(login)?;
-    let purpose = if login { "login" } else { "enrollment" };
-    let now = Timestamp::now();
-    let challenge = ctx
-        .store
-        .challenge_in(ctx.tx, ctx.tenant_id, &event.challenge_id)
-        .await?
-        .filter(|c| c.purpose == purpose)
-        .ok_or(EventError::ChallengeNotFound)?;
-    match challenge.status.as_str() {
-        "pending" => {}
-        "verified" => return Ok(VerifyAnswer::outcome("already_used", None)),
-        "locked" => return Ok(VerifyAnswer::outcome("locked", Some(0))),
-        _ => return Ok(VerifyAnswer::outcome("expired", None)),
+/// What a closed challenge answers, by its status.
+pub fn closed_outcome(status: &str) -> Option<VerifyAnswer> {
+    match status {
+        "pending" => None,
+        "verified" => Some(VerifyAnswer::outcome("already_used", None)),
+        "locked" => Some(VerifyAnswer::outcome("locked", Some(0))),
+        _ => Some(VerifyAnswer::outcome("expired", None)),
     }
-    if challenge.code_expires_at.is_some_and(|at| at <= now) {
-        ctx.store
-            .close_challenge(ctx.tx, ctx.tenant_id, &challenge.id, "expired", now)
-            .await?;
-        return Ok(VerifyAnswer::outcome("expired", None));
-    }
-    // Users paste codes with spaces or dashes; those never count.
-    let typed: String = event
-        .code
+}
+
+/// The code as typed, without the spaces and dashes users paste with it.
+pub fn normalize_code(typed: &str) -> String {
+    typed
         .chars()
         .filter(|c| !c.is_whitespace() && *c != '-')
-        .collect();
-    let matches = challenge.code_hash.as_deref().is_some_and(|stored| {
-        ctx.store
-            .hasher()
-            .code_matches(&challenge.id, &typed, stored)
-    });
+        .collect()
+}
+
+/// Checks a code typed on the enrollment (`login = false`) or login screen.
+pub fn verify(
+    overlay: &mut Overlay<'_>,
+    tenant_id: &str,
+    event: &Verify,
+    login: bool,
+) -> Result<VerifyAnswer, EventError> {
+    let purpose = if login { "login" } else { "enrollment" };
+    let now = overlay.now;
+    let trust_days = overlay.tenant(tenant_id)?.settings.trust_device_days;
+    let challenge = overlay
+        .challenge(tenant_id, &event.challenge_id)
+        .filter(|c| c.purpose == purpose)
+        .cloned()
+        .ok_or(EventError::ChallengeNotFound)?;
+    if let Some(answer) = closed_outcome(&challenge.status) {
+        return Ok(answer);
+    }
+    if challenge.code_expires_at.is_some_and(|at| at <= now) {
+        close(overlay, &challenge, "expired");
+        return Ok(VerifyAnswer::outcome("expired", None));
+    }
+    let typed = normalize_code(&event.code);
+    let matches = challenge
+        .code_hash
+        .as_deref()
+        .is_some_and(|stored| overlay.hasher.code_matches(&challenge.id, &typed, stored));
     if !matches {
-        return wrong_try(ctx, &challenge, now).await;
+        return Ok(wrong_try(overlay, &challenge));
     }
-    // Close first: of racing verifications only the winner goes on, so an
-    // enrollment creates exactly one factor.
-    let won = ctx
-        .store
-        .close_challenge(ctx.tx, ctx.tenant_id, &challenge.id, "verified", now)
-        .await?;
-    if !won {
-        return Ok(VerifyAnswer::outcome("already_used", None));
-    }
-    let factor = if login {
-        None
-    } else {
-        let factor = enroll(ctx, &challenge, now).await?;
-        ctx.store
-            .set_challenge_factor(ctx.tx, ctx.tenant_id, &challenge.id, &factor.id)
-            .await?;
-        Some(factor)
-    };
-    ctx.store
-        .reset_failures(ctx.tx, ctx.tenant_id, &challenge.user_id)
-        .await?;
-    ctx.store
-        .audit(
-            ctx.tx,
-            ctx.tenant_id,
-            Some(&challenge.user_id),
-            "verified",
-            serde_json::json!({"challenge_id": challenge.id, "purpose": purpose}),
-        )
-        .await?;
+    close(overlay, &challenge, "verified");
     let mut answer = VerifyAnswer::outcome("verified", None);
-    answer.factor = factor;
+    if !login {
+        let factor = enroll(overlay, &challenge);
+        let factor_id = factor.id.clone();
+        overlay.update_challenge(tenant_id, &challenge.id, |c| c.factor_id = Some(factor_id));
+        answer.factor = Some(factor);
+    }
+    let last_failure = overlay
+        .security(tenant_id, &challenge.user_id)
+        .last_failure_at;
+    overlay.set_security(tenant_id, &challenge.user_id, 0, last_failure);
+    overlay.audit(
+        tenant_id,
+        &challenge.user_id,
+        "verified",
+        serde_json::json!({"challenge_id": challenge.id, "purpose": purpose}),
+    );
     if login && event.trust_device == Some(true) {
-        trust_device(ctx, &challenge, event.device_label, now, &mut answer).await?;
+        trust_device(
+            overlay,
+            &challenge,
+            trust_days,
+            event.device_label.clone(),
+            &mut answer,
+        );
     }
     Ok(answer)
 }
 
-async fn wrong_try(
-    ctx: &mut EventContext<'_>,
-    challenge: &Challenge,
-    now: Timestamp,
-) -> Result<VerifyAnswer, EventError> {
-    let store = ctx.store;
-    let Some(result) = store
-        .record_wrong_try(ctx.tx, ctx.tenant_id, &challenge.id, now)
-        .await?
-    else {
-        // Closed by a concurrent call in between: report what it became.
-        let status = store
-            .challenge_in(ctx.tx, ctx.tenant_id, &challenge.id)
-            .await?
-            .map(|c| c.status)
-            .unwrap_or_default();
-        return Ok(match status.as_str() {
-            "verified" => VerifyAnswer::outcome("already_used", None),
-            "locked" => VerifyAnswer::outcome("locked", Some(0)),
-            _ => VerifyAnswer::outcome("expired", None),
-        });
-    };
-    store
-        .record_failure(ctx.tx, ctx.tenant_id, &challenge.user_id, now)
-        .await?;
-    let event = if result.locked { "locked" } else { "failed" };
-    store
-        .audit(
-            ctx.tx,
-            ctx.tenant_id,
-            Some(&challenge.user_id),
-            event,
-            serde_json::json!({"challenge_id": challenge.id, "attempts": result.attempts}),
-        )
-        .await?;
-    let remaining = (challenge.max_attempts - result.attempts).max(0);
-    Ok(if result.locked {
-        VerifyAnswer::outcome("locked", Some(0))
-    } else {
-        VerifyAnswer::outcome("invalid_code", Some(remaining))
-    })
+/// Moves a pending challenge to `verified` or `expired`.
+fn close(overlay: &mut Overlay<'_>, challenge: &Challenge, status: &'static str) {
+    let now = overlay.now;
+    overlay.update_challenge(&challenge.tenant_id, &challenge.id, |c| {
+        c.status = status.into();
+        c.closed_at = Some(now);
+    });
+    overlay.clear_code(&challenge.tenant_id, &challenge.id, false);
 }
 
-async fn enroll(
-    ctx: &mut EventContext<'_>,
-    challenge: &Challenge,
-    now: Timestamp,
-) -> Result<Factor, EventError> {
-    let existing = ctx
-        .store
-        .user_factors(ctx.tx, ctx.tenant_id, &challenge.user_id)
-        .await?;
-    if let Some(factor) = existing.into_iter().find(|f| f.email == challenge.email) {
-        return Ok(factor);
+/// Counts a wrong try; the try that uses the last attempt locks the
+/// challenge. The user's streak grows either way.
+fn wrong_try(overlay: &mut Overlay<'_>, challenge: &Challenge) -> VerifyAnswer {
+    let now = overlay.now;
+    let tenant = challenge.tenant_id.as_str();
+    let attempts = challenge.attempts + 1;
+    let locked = attempts >= challenge.max_attempts;
+    overlay.update_challenge(tenant, &challenge.id, |c| {
+        c.attempts = attempts;
+        if locked {
+            c.status = "locked".into();
+            c.closed_at = Some(now);
+        }
+    });
+    if locked {
+        overlay.clear_code(tenant, &challenge.id, false);
+    }
+    let streak = overlay.security(tenant, &challenge.user_id).failures + 1;
+    overlay.set_security(tenant, &challenge.user_id, streak, Some(now));
+    overlay.audit(
+        tenant,
+        &challenge.user_id,
+        if locked { "locked" } else { "failed" },
+        serde_json::json!({"challenge_id": challenge.id, "attempts": attempts}),
+    );
+    if locked {
+        VerifyAnswer::outcome("locked", Some(0))
+    } else {
+        VerifyAnswer::outcome(
+            "invalid_code",
+            Some((challenge.max_attempts - attempts).max(0)),
+        )
+    }
+}
+
+/// The user's factor for the challenge's address: the existing one, or a
+/// new one.
+fn enroll(overlay: &mut Overlay<'_>, challenge: &Challenge) -> Factor {
+    let tenant = challenge.tenant_id.as_str();
+    if let Some(factor) = overlay
+        .factors(tenant, &challenge.user_id)
+        .iter()
+        .find(|f| f.email == challenge.email)
+    {
+        return factor.clone();
     }
     let factor = Factor {
-        tenant_id: ctx.tenant_id.to_string(),
-        id: ulid::Ulid::generate().to_string(),
+        tenant_id: tenant.to_string(),
+        id: overlay.mint.id(),
         user_id: challenge.user_id.clone(),
         role: challenge.role.clone(),
         email: challenge.email.clone(),
         secondary_auth_provider_id: challenge.secondary_auth_provider_id.clone(),
-        created_at: now,
+        created_at: overlay.now,
     };
-    ctx.store.insert_factor(ctx.tx, &factor).await?;
-    ctx.store
-        .audit(
-            ctx.tx,
-            ctx.tenant_id,
-            Some(&challenge.user_id),
-            "enrolled",
-            serde_json::json!({"factor_id": factor.id, "challenge_id": challenge.id}),
-        )
-        .await?;
-    Ok(factor)
+    overlay.insert_factor(factor.clone());
+    overlay.audit(
+        tenant,
+        &challenge.user_id,
+        "enrolled",
+        serde_json::json!({"factor_id": factor.id, "challenge_id": challenge.id}),
+    );
+    factor
 }
 
-async fn trust_device(
-    ctx: &mut EventContext<'_>,
+fn trust_device(
+    overlay: &mut Overlay<'_>,
     challenge: &Challenge,
+    days: i32,
     label: Option<String>,
-    now: Timestamp,
     answer: &mut VerifyAnswer,
-) -> Result<(), EventError> {
-    let settings = ctx.store.settings_in(ctx.tx, ctx.tenant_id).await?;
-    if settings.trust_device_days <= 0 {
-        return Ok(());
+) {
+    let tenant = challenge.tenant_id.as_str();
+    if days <= 0 {
+        return;
     }
-    let token = new_trust_token();
+    let now: Timestamp = overlay.now;
+    let token = overlay.mint.trust_token();
     let device = TrustedDevice {
-        tenant_id: ctx.tenant_id.to_string(),
-        id: ulid::Ulid::generate().to_string(),
+        tenant_id: tenant.to_string(),
+        id: overlay.mint.id(),
         user_id: challenge.user_id.clone(),
-        token_hash: ctx.store.hasher().token_hash(&token),
+        token_hash: overlay.hasher.token_hash(&token),
         label,
         created_at: now,
         last_used_at: None,
-        expires_at: now.plus_seconds(i64::from(settings.trust_device_days) * 86_400),
+        expires_at: now.plus_seconds(i64::from(days) * 86_400),
         revoked_at: None,
     };
-    ctx.store.insert_trusted_device(ctx.tx, &device).await?;
-    ctx.store
-        .audit(
-            ctx.tx,
-            ctx.tenant_id,
-            Some(&challenge.user_id),
-            "device_trusted",
-            serde_json::json!({"device_id": device.id}),
-        )
-        .await?;
-    answer.trust_token = Some(token);
     answer.trust_expires_at = Some(device.expires_at.to_rfc3339());
-    Ok(())
+    answer.trust_token = Some(token);
+    overlay.audit(
+        tenant,
+        &challenge.user_id,
+        "device_trusted",
+        serde_json::json!({"device_id": device.id}),
+    );
+    overlay.writes().devices.push(device);
 }

@@ -71,6 +71,19 @@ impl EventType {
         }
     }
 
+    /// Whether the ingress decides it in batches ([`crate::ingest`]): the
+    /// events of the enrollment and login journeys, nearly all traffic.
+    pub fn is_hot(&self) -> bool {
+        matches!(
+            self,
+            Self::EnrollmentStarted
+                | Self::EnrollmentVerify
+                | Self::LoginStarted
+                | Self::LoginVerify
+                | Self::ChallengeResend
+        )
+    }
+
     /// Parses a wire name.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == name)

@@ -42,6 +42,8 @@ pub struct AppState {
     pub domain: Arc<DomainConfig>,
     /// Where email jobs go.
     pub queue: Queue,
+    /// The batcher of the hot webhooks.
+    pub ingest: crate::ingest::Ingest,
     /// The ops token and what `/ops` shows of the engine.
     pub ops: Arc<ops::OpsConfig>,
 }

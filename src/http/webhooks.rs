@@ -13,9 +13,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
+use secrecy::ExposeSecret;
+
 use super::{ApiError, AppState};
+use crate::domain::batch::{HotEvent, HotItem};
 use crate::domain::{self, EventContext, EventError};
-use crate::events::{Envelope, EnvelopeError};
+use crate::events::{Envelope, EnvelopeError, EventType, parse_data};
+use crate::ingest::{Answer, IngestError};
 use crate::signature::{self, SignatureError, SignatureHeaders};
 use crate::store::ReceiptClaim;
 use email2fa_workers::queue::{EmailJob, QueueError};
@@ -119,6 +123,22 @@ async fn handle(
     tracing::Span::current().record("event.type", event_type);
     *event_type_seen = event_type;
     let body_sha256 = Sha256::digest(&body).to_vec();
+    if envelope.event_type.is_hot() {
+        let item = HotItem {
+            tenant_id: tenant_id.to_string(),
+            webhook_id: webhook_id.to_string(),
+            body_sha256,
+            event: hot_event(state, &envelope).map_err(event_problem)?,
+        };
+        return match state.ingest.submit(item).await {
+            Ok(Answer::Fresh(answer)) => Ok(json_response(StatusCode::OK, answer, false)),
+            Ok(Answer::Replayed { status, body }) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                Ok(json_response(status, body, true))
+            }
+            Err(error) => Err(ingest_problem(error)),
+        };
+    }
 
     let store = &state.store;
     let mut tx = store.begin().await?;
@@ -188,6 +208,48 @@ async fn commit_and_push(
     Ok(())
 }
 
+/// A hot event's typed, validated data (422 before anything is read or
+/// written), with the keyed hash of a login's trust cookie.
+fn hot_event(state: &AppState, envelope: &Envelope<'_>) -> Result<HotEvent, EventError> {
+    let data = envelope.data;
+    Ok(match envelope.event_type {
+        EventType::EnrollmentStarted => {
+            let event: crate::events::EnrollmentStarted = parse_data(data)?;
+            event.validate()?;
+            HotEvent::EnrollmentStarted(event)
+        }
+        EventType::LoginStarted => {
+            let event: crate::events::LoginStarted = parse_data(data)?;
+            event.validate()?;
+            let token_hash = event
+                .trust_token
+                .as_ref()
+                .map(|token| state.store.hasher().token_hash(token.expose_secret()));
+            HotEvent::LoginStarted { event, token_hash }
+        }
+        EventType::EnrollmentVerify | EventType::LoginVerify => {
+            let login = envelope.event_type == EventType::LoginVerify;
+            let event: crate::events::Verify = parse_data(data)?;
+            event.validate(login)?;
+            HotEvent::Verify { event, login }
+        }
+        _ => {
+            let event: crate::events::ChallengeResend = parse_data(data)?;
+            event.validate()?;
+            HotEvent::Resend(event)
+        }
+    })
+}
+
+fn ingest_problem(error: IngestError) -> ApiError {
+    match error {
+        IngestError::Event(error) => event_problem(error),
+        IngestError::Unavailable(what) => ApiError::Unavailable(anyhow::anyhow!(what)),
+        IngestError::Stopped => ApiError::Unavailable(anyhow::anyhow!("the ingress is stopping")),
+        IngestError::Internal => ApiError::Internal(anyhow::anyhow!("the webhook's batch failed")),
+    }
+}
+
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared = header_text(headers, header::CONTENT_LENGTH.as_str())
         .and_then(|length| length.parse::<usize>().ok());
@@ -223,6 +285,7 @@ fn event_problem(error: EventError) -> ApiError {
         EventError::ProviderInUse { .. } => ApiError::ProviderInUse(error.to_string()),
         EventError::NotAllowed(detail) => ApiError::NotAllowed(detail),
         EventError::ChallengeNotFound => ApiError::ChallengeNotFound,
+        EventError::WebhookIdConflict => ApiError::WebhookIdConflict,
         EventError::AlreadyEnrolled => ApiError::AlreadyEnrolled(error.to_string()),
         EventError::NoProvider(detail) => ApiError::NoProvider(detail),
         EventError::ChallengeClosed(_) => ApiError::ChallengeClosed(error.to_string()),

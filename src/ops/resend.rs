@@ -50,6 +50,10 @@ async fn resend_in(
     let old = dead_letters::delivery_in(tx, &letter.delivery_id)
         .await?
         .ok_or_else(|| OpsError::NotFound(id.to_string()))?;
+    // The challenge changes under its user's lock, like every hot webhook
+    // of that user (see `domain::keys`).
+    let user_key = crate::domain::keys::user_key(&old.tenant_id, &old.user_id);
+    store.lock_users(tx, &[user_key]).await?;
     let new_id = new_delivery_id();
     let not_after = match &old.challenge_id {
         Some(challenge_id) => Some(reopen(store, tx, &old, challenge_id, &new_id, now).await?),

@@ -58,9 +58,9 @@ pub struct TrustedDevice {
     pub revoked_at: Option<Timestamp>,
 }
 
-const FACTOR_COLUMNS: &str =
+pub(crate) const FACTOR_COLUMNS: &str =
     "tenant_id, id, user_id, role, email, secondary_auth_provider_id, created_at";
-const DEVICE_COLUMNS: &str =
+pub(crate) const DEVICE_COLUMNS: &str =
     "tenant_id, id, user_id, token_hash, label, created_at, last_used_at, expires_at, revoked_at";
 
 impl Store {
@@ -79,17 +79,6 @@ impl Store {
         )
     }
 
-    /// Adds a factor.
-    pub async fn insert_factor(&self, tx: &mut Tx, f: &Factor) -> StoreResult<()> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "insert into factors ({FACTOR_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7)"
-        ));
-        with_tx!(tx, conn => sqlx::query(sql).bind(&f.tenant_id).bind(&f.id).bind(&f.user_id)
-            .bind(&f.role).bind(&f.email).bind(&f.secondary_auth_provider_id).bind(f.created_at)
-            .execute(conn).await.map(|r| r.rows_affected()))?;
-        Ok(())
-    }
-
     /// Deletes one factor or all of a user's; returns the deleted ones.
     pub async fn delete_factors(
         &self,
@@ -106,36 +95,6 @@ impl Store {
             with_tx!(tx, conn => sqlx::query_as(sql).bind(tenant_id).bind(user_id).bind(factor_id)
             .fetch_all(conn).await)?,
         )
-    }
-
-    /// Adds a trusted device.
-    pub async fn insert_trusted_device(&self, tx: &mut Tx, d: &TrustedDevice) -> StoreResult<()> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "insert into trusted_devices ({DEVICE_COLUMNS}) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        ));
-        with_tx!(tx, conn => sqlx::query(sql).bind(&d.tenant_id).bind(&d.id).bind(&d.user_id)
-            .bind(&d.token_hash).bind(&d.label).bind(d.created_at).bind(d.last_used_at)
-            .bind(d.expires_at).bind(d.revoked_at).execute(conn).await.map(|r| r.rows_affected()))?;
-        Ok(())
-    }
-
-    /// The live trusted device of this user with this token hash, marked used.
-    /// Unknown, expired, revoked and other users' tokens give `None`.
-    pub async fn use_trusted_device(
-        &self,
-        tx: &mut Tx,
-        tenant_id: &str,
-        user_id: &str,
-        token_hash: &[u8],
-        now: Timestamp,
-    ) -> StoreResult<Option<String>> {
-        let row: Option<(String,)> = with_tx!(tx, conn => sqlx::query_as(
-            "update trusted_devices set last_used_at = $4 \
-             where tenant_id = $1 and user_id = $2 and token_hash = $3 \
-                and revoked_at is null and expires_at > $4 \
-             returning id")
-            .bind(tenant_id).bind(user_id).bind(token_hash).bind(now).fetch_optional(conn).await)?;
-        Ok(row.map(|(id,)| id))
     }
 
     /// Revokes one or all of a user's live trusted devices; returns how many.

@@ -5,9 +5,9 @@
 //! on either backend through `with_db!` (pool) or `with_tx!`
 //! (transaction). One file per table family.
 
+pub mod batch;
 pub mod challenges;
 mod factors;
-mod login;
 pub mod providers;
 mod receipts;
 mod records;
@@ -15,13 +15,11 @@ mod send_context;
 mod tenant_settings;
 mod tenants;
 
-pub use challenges::{Challenge, WrongTry};
+pub use challenges::Challenge;
 pub use email2fa_workers::db::{Db, PoolConfig, Timestamp, Tx};
 pub use factors::{Factor, TrustedDevice};
-pub use login::LoginContext;
 pub use providers::{SecondaryAuthProviderRow, ServiceProviderRow};
 pub use receipts::{Receipt, ReceiptClaim};
-pub use records::LoginDecision;
 pub use send_context::{ChallengeState, SendContext};
 pub use tenant_settings::TenantSettings;
 pub use tenants::{KEY_CACHE_TTL, KeyCache, TenantSecretInfo, TenantSummary, TenantWithKeys};

@@ -207,21 +207,7 @@ impl Store {
     }
 }
 
-const SAP_COLUMNS: &str = "tenant_id, id, title, service_provider_id, created_at, updated_at";
+pub(crate) const SAP_COLUMNS: &str =
+    "tenant_id, id, title, service_provider_id, created_at, updated_at";
 
-impl Store {
-    /// A secondary auth provider by id, or (with `None`) the tenant's first.
-    pub async fn secondary_auth_provider_in(
-        &self,
-        tx: &mut Tx,
-        tenant_id: &str,
-        id: Option<&str>,
-    ) -> StoreResult<Option<SecondaryAuthProviderRow>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "select {SAP_COLUMNS} from secondary_auth_providers \
-             where tenant_id = $1 and ($2 is null or id = $2) order by created_at, id limit 1"
-        ));
-        Ok(with_tx!(tx, conn => sqlx::query_as(sql)
-            .bind(tenant_id).bind(id).fetch_optional(conn).await)?)
-    }
-}
+impl Store {}

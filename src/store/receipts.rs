@@ -37,7 +37,7 @@ struct ReceiptRow {
     answer_sealed: Option<Vec<u8>>,
 }
 
-fn answer_context(tenant_id: &str, webhook_id: &str) -> String {
+pub(crate) fn answer_context(tenant_id: &str, webhook_id: &str) -> String {
     format!("webhook_answer:{tenant_id}:{webhook_id}")
 }
 

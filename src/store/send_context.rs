@@ -55,7 +55,7 @@ struct SendContextRow {
 }
 
 // The requested secondary auth provider sorts first when it exists; the
-// others follow in the order of `secondary_auth_provider_in(.., None)`.
+// others follow in `created_at, id` order (the tenant's default first).
 const SELECT: &str = "select t.name as tenant_name, \
         sa.service_provider_id as sa_service_provider_id, \
         sp.id as sp_id, sp.title as sp_title, sp.kind as sp_kind, \

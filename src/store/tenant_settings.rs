@@ -51,6 +51,11 @@ impl TenantSettings {
     }
 }
 
+/// The columns of a [`TenantSettings`] row.
+pub(crate) const COLUMNS: &str = "tenant_id, require_admin_2fa, admin_2fa_allowed, \
+    customer_2fa_allowed, code_length, code_ttl_seconds, max_attempts, resend_cooldown_seconds, \
+    trust_device_days, updated_at";
+
 const SELECT: &str = "select tenant_id, require_admin_2fa, admin_2fa_allowed, customer_2fa_allowed, \
     code_length, code_ttl_seconds, max_attempts, resend_cooldown_seconds, trust_device_days, \
     updated_at from tenant_settings where tenant_id = $1";

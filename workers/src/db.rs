@@ -343,8 +343,14 @@ impl Timestamp {
         self.0.timestamp()
     }
 
-    fn sqlite_text(&self) -> String {
+    /// Fixed-width RFC 3339 text (`2026-11-28T07:15:00.123456Z`): what
+    /// SQLite stores, and what PostgreSQL parses as a `timestamptz`.
+    pub fn db_text(&self) -> String {
         self.0.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    }
+
+    fn sqlite_text(&self) -> String {
+        self.db_text()
     }
 }
 

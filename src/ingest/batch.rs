@@ -1,0 +1,135 @@
+//! One batch in one transaction: lock, read, decide, write, push, commit.
+//!
+//! On PostgreSQL with the queue in the database this is about ten round
+//! trips per batch whatever its size: `begin`, the users' locks, the reads
+//! (receipts, challenges, factors, streaks, trusted devices, settings and
+//! providers), the addresses' locks, the send counts, one statement for
+//! every write, apalis's job insert, `commit`.
+
+use email2fa_workers::queue::QueueError;
+
+use super::{IngestError, Job, Shared};
+use crate::domain::batch::{Overlay, RandomMint, Verdict, send_targets};
+use crate::domain::keys;
+use crate::store::{StoreError, Timestamp};
+
+/// Why a batch wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BatchError {
+    /// A guarded write found a row changed since it was read: decide the
+    /// batch again.
+    #[error("a row changed under the batch")]
+    Race,
+    /// The database failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The queue refused the jobs.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl BatchError {
+    /// Whether one webhook's data may have caused it (then the webhooks
+    /// are run one by one), as opposed to the database or queue failing.
+    pub(super) fn is_item_specific(&self) -> bool {
+        match self {
+            Self::Store(error) => !matches!(error, StoreError::Unavailable(_)),
+            Self::Queue(QueueError::Other(_)) => true,
+            Self::Race | Self::Queue(QueueError::Unavailable(_)) => false,
+        }
+    }
+
+    /// What each webhook of a failed batch answers.
+    pub(super) fn for_webhook(&self) -> IngestError {
+        match self {
+            Self::Store(StoreError::Unavailable(_)) | Self::Race => {
+                IngestError::Unavailable("the database is unavailable")
+            }
+            Self::Queue(QueueError::Unavailable(_)) => {
+                IngestError::Unavailable("the queue is unavailable")
+            }
+            Self::Store(_) | Self::Queue(_) => IngestError::Internal,
+        }
+    }
+}
+
+impl From<StoreError> for BatchError {
+    /// A deadlock or a serialization failure is a race like any other: the
+    /// transaction was rolled back and the batch is decided again.
+    fn from(error: StoreError) -> Self {
+        if let StoreError::Other(sqlx::Error::Database(db)) = &error
+            && matches!(db.code().as_deref(), Some("40P01" | "40001"))
+        {
+            return Self::Race;
+        }
+        Self::Store(error)
+    }
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::from(error).into()
+    }
+}
+
+/// Runs one batch: every webhook's verdict, its writes committed.
+pub(super) async fn run_batch(shared: &Shared, jobs: &[Job]) -> Result<Vec<Verdict>, BatchError> {
+    let store = &shared.store;
+    let items: Vec<_> = jobs.iter().map(|job| &job.item).collect();
+    let lock_keys: Vec<u32> = jobs.iter().map(|job| job.key).collect();
+    let mut tx = store.begin().await?;
+    store.lock_users(&mut tx, &lock_keys).await?;
+    let now = Timestamp::now();
+    let mut snap = store.read_batch(&mut tx, &items).await?;
+    let (users, recipients) = send_targets(&items, &snap);
+    if store.batches_lock() {
+        let recipient_keys: Vec<u32> = recipients
+            .iter()
+            .map(|(tenant, to)| keys::recipient_key(tenant, to))
+            .collect();
+        store.lock_recipients(&mut tx, &recipient_keys).await?;
+    }
+    let limits = &shared.domain.limits;
+    store
+        .read_send_counts(
+            &mut tx,
+            &mut snap,
+            &users,
+            &recipients,
+            now.plus_seconds(-limits.user_window_seconds),
+            now.plus_seconds(-limits.recipient_window_seconds),
+        )
+        .await?;
+    let mut mint = RandomMint;
+    let mut overlay = Overlay::new(snap, &shared.domain, store.hasher(), &mut mint, now);
+    let verdicts =
+        crate::domain::batch::plan(&items, &lock_keys, store.batches_lock(), &mut overlay);
+    let writes = overlay.finish();
+    if writes.receipts.is_empty() {
+        // Nothing was decided afresh (replays, refusals, moves).
+        drop(tx.rollback().await);
+        return Ok(verdicts);
+    }
+    let written = store.write_batch(&mut tx, &writes, now).await?;
+    if written.receipts != writes.receipts.len() as u64
+        || written.challenge_updates != writes.challenge_updates.len() as u64
+    {
+        drop(tx.rollback().await);
+        return Err(BatchError::Race);
+    }
+    let jobs = writes.job_ids();
+    let pushed = !jobs.is_empty();
+    let jobs = jobs
+        .into_iter()
+        .map(|delivery_id| email2fa_workers::queue::EmailJob { delivery_id })
+        .collect();
+    if let Err(error) = shared.queue.push_with(&mut tx, jobs).await {
+        drop(tx.rollback().await);
+        return Err(error.into());
+    }
+    crate::store::commit(tx).await?;
+    if pushed {
+        shared.queue.wake_workers();
+    }
+    Ok(verdicts)
+}

@@ -1,0 +1,298 @@
+//! Group commit at the ingress: concurrent hot webhooks decided and
+//! committed in one transaction, on every queue backend. Each app here
+//! lingers 100 ms for more webhooks after the first of a batch, so that a
+//! burst sent at once lands in one batch; rows a batch writes share its
+//! time, which is how the tests see that they did.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::TestApp;
+use serde_json::{Value, json};
+
+/// Runs each scenario on SQLite, PostgreSQL and PostgreSQL + Redis, with
+/// a lingering batcher.
+macro_rules! lingering_on_every_queue {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            fn linger(settings: &mut email2fa::settings::Settings) {
+                settings.ingest.linger_us = 100_000;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(crate::common::TestApp::sqlite_with(linger).await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) = crate::common::TestApp::postgres_with(linger).await {
+                    super::$name(app).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                if let Some(app) = crate::common::TestApp::redis_with(linger).await {
+                    super::$name(app).await;
+                }
+            }
+        }
+    )*};
+}
+
+lingering_on_every_queue!(
+    a_burst_of_logins_for_one_user_applies_the_limits_in_order,
+    the_same_webhook_id_twice_in_one_batch_runs_once,
+    a_refused_webhook_writes_nothing_and_the_rest_of_its_batch_commits,
+    a_batch_that_cannot_commit_answers_503_for_every_webhook_and_writes_nothing,
+);
+
+fn customer(id: &str) -> Value {
+    json!({"id": id, "role": "customer", "email": format!("{id}@shop.example")})
+}
+
+async fn ready(app: &TestApp) {
+    app.configure_mail(json!({"customer_2fa_allowed": true, "resend_cooldown_seconds": 0}))
+        .await;
+}
+
+/// Posts every `(webhook-id, event type, data)` at once; the statuses and
+/// bodies in the same order.
+async fn burst(
+    app: &Arc<TestApp>,
+    calls: Vec<(String, &'static str, Value)>,
+) -> Vec<(u16, Value, bool)> {
+    let tasks = calls.into_iter().map(|(id, event_type, data)| {
+        let app = Arc::clone(app);
+        tokio::spawn(async move {
+            let answer = app.post_signed_with_id(&id, event_type, data).await;
+            let replayed = answer.header("idempotent-replayed") == Some("true");
+            (answer.status, answer.json(), replayed)
+        })
+    });
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect()
+}
+
+fn fresh_id() -> String {
+    format!("msg_{}", ulid::Ulid::generate())
+}
+
+async fn a_burst_of_logins_for_one_user_applies_the_limits_in_order(app: TestApp) {
+    ready(&app).await;
+    // Enrolled by hand: the factor alone, no code sent yet.
+    let enrolled = app
+        .post_signed(
+            "enrollment.started",
+            json!({"user": customer("c1"), "email": "c1@shop.example"}),
+        )
+        .await;
+    assert_eq!(enrolled.status, 200);
+    let challenge = enrolled.json()["challenge_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let code = common::code_in(&app.mail_for("c1@shop.example", 1).await);
+    let verified = app
+        .post_signed(
+            "enrollment.verify",
+            json!({"challenge_id": challenge, "code": code}),
+        )
+        .await;
+    assert_eq!(verified.json()["outcome"], "verified");
+    let app = Arc::new(app);
+    let calls = (0..8)
+        .map(|_| (fresh_id(), "login.started", json!({"user": customer("c1")})))
+        .collect();
+    let answers = burst(&app, calls).await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _, _)| *s).collect();
+    // Five codes per user per 15 minutes, one of them the enrollment's.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        4,
+        "{answers:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        4,
+        "{answers:?}"
+    );
+    assert_eq!(
+        app.count("select count(distinct created_at) from challenges where purpose = 'login'")
+            .await,
+        1,
+        "the four challenges were written by one batch"
+    );
+    // Each superseded the one before; only the last answered is pending.
+    assert_eq!(
+        app.count("select count(*) from challenges where purpose = 'login' and status = 'pending'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count(
+            "select count(*) from challenges where purpose = 'login' and status = 'superseded'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(app.count("select count(*) from login_decisions").await, 4);
+    assert_eq!(app.count("select count(*) from deliveries").await, 5);
+    // The pending challenge's code is the one that arrives and verifies.
+    let pending: Vec<String> = answers
+        .iter()
+        .filter(|(s, _, _)| *s == 200)
+        .map(|(_, body, _)| body["challenge_id"].as_str().expect("id").to_string())
+        .collect();
+    let mut verified = 0;
+    for challenge in &pending {
+        let status = app
+            .post_signed(
+                "login.verify",
+                json!({"challenge_id": challenge, "code": "000000"}),
+            )
+            .await
+            .json();
+        if status["outcome"] == "invalid_code" {
+            verified += 1;
+        }
+    }
+    assert_eq!(verified, 1, "only the newest challenge still takes codes");
+}
+
+async fn the_same_webhook_id_twice_in_one_batch_runs_once(app: TestApp) {
+    ready(&app).await;
+    let app = Arc::new(app);
+    let id = fresh_id();
+    let data = json!({"user": customer("c1"), "email": "c1@shop.example"});
+    let calls = vec![
+        (id.clone(), "enrollment.started", data.clone()),
+        (id.clone(), "enrollment.started", data),
+        (
+            id.clone(),
+            "enrollment.started",
+            json!({"user": customer("c2"), "email": "c2@shop.example"}),
+        ),
+        (
+            fresh_id(),
+            "enrollment.started",
+            json!({"user": customer("c3"), "email": "c3@shop.example"}),
+        ),
+    ];
+    let answers = burst(&app, calls).await;
+    let (first, second, other_body, c3) = (&answers[0], &answers[1], &answers[2], &answers[3]);
+    assert_eq!((first.0, second.0), (200, 200), "{answers:?}");
+    assert_eq!(first.1, second.1, "the duplicate gets the first answer");
+    assert!(
+        first.2 != second.2,
+        "exactly one of the two is a replay: {answers:?}"
+    );
+    assert_eq!(other_body.0, 409);
+    assert_eq!(other_body.1["code"], "webhook_id_conflict");
+    assert_eq!(c3.0, 200);
+    assert_eq!(app.count("select count(*) from challenges").await, 2);
+    assert_eq!(
+        app.count("select count(distinct created_at) from challenges")
+            .await,
+        1,
+        "both challenges were written by one batch"
+    );
+    assert_eq!(app.count("select count(*) from deliveries").await, 2);
+    assert_eq!(
+        app.count("select count(*) from webhook_receipts where event_type = 'enrollment.started'")
+            .await,
+        2
+    );
+}
+
+async fn a_refused_webhook_writes_nothing_and_the_rest_of_its_batch_commits(app: TestApp) {
+    ready(&app).await;
+    let app = Arc::new(app);
+    let calls = vec![
+        (
+            fresh_id(),
+            "enrollment.started",
+            json!({"user": customer("c1"), "email": "c1@shop.example"}),
+        ),
+        // Not allowed: admin 2FA is Inactive.
+        (
+            fresh_id(),
+            "enrollment.started",
+            json!({"user": {"id": "a1", "role": "admin", "email": "a1@shop.example"}}),
+        ),
+        // No such challenge.
+        (
+            fresh_id(),
+            "login.verify",
+            json!({"challenge_id": "01KC0000000000000000000000", "code": "123456"}),
+        ),
+        (
+            fresh_id(),
+            "enrollment.started",
+            json!({"user": customer("c2"), "email": "c2@shop.example"}),
+        ),
+    ];
+    let answers = burst(&app, calls).await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(statuses, [200, 403, 404, 200], "{answers:?}");
+    assert_eq!(answers[1].1["code"], "not_allowed");
+    assert_eq!(answers[2].1["code"], "challenge_not_found");
+    assert_eq!(app.count("select count(*) from challenges").await, 2);
+    assert_eq!(
+        app.count("select count(*) from challenges where user_id = 'a1'")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.count("select count(distinct created_at) from challenges")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.count("select count(*) from audit_events where user_id = 'a1'")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.count("select count(*) from webhook_receipts where event_type <> 'enrollment.started'")
+            .await,
+        3,
+        "the Services Manager's three webhooks; refused ones leave no receipt"
+    );
+}
+
+async fn a_batch_that_cannot_commit_answers_503_for_every_webhook_and_writes_nothing(app: TestApp) {
+    ready(&app).await;
+    let observer = email2fa::app::open_store(&app.settings)
+        .await
+        .expect("observer");
+    app.store.db().close().await;
+    let app = Arc::new(app);
+    let calls = (1..=3)
+        .map(|n| {
+            let user = format!("c{n}");
+            (
+                fresh_id(),
+                "enrollment.started",
+                json!({"user": customer(&user), "email": format!("{user}@shop.example")}),
+            )
+        })
+        .collect();
+    let answers = burst(&app, calls).await;
+    for (status, body, _) in &answers {
+        assert_eq!(*status, 503, "{answers:?}");
+        assert_eq!(body["code"], "unavailable");
+    }
+    let counts: Vec<i64> = email2fa_workers::with_db!(observer.db(), pool => {
+        let mut counts = Vec::new();
+        for sql in ["select count(*) from challenges", "select count(*) from deliveries",
+                    "select count(*) from webhook_receipts where event_type = 'enrollment.started'"] {
+            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(pool).await.expect("count");
+            counts.push(n);
+        }
+        counts
+    });
+    assert_eq!(counts, [0, 0, 0]);
+}
