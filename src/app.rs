@@ -305,31 +305,26 @@ fn spawn_receipt_pruning(store: Store, hours: i64) {
     });
 }
 
-/// How often [`keep_statistics_fresh`] looks.
-const STATISTICS_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Keeps the planner statistics of the service's tables fresh when the
-/// PostgreSQL server does not (autovacuum off; see
-/// [`Store::analyze_if_unattended`]): at start and every 30 s, in every
-/// long-running process. Ends when the runtime does.
+/// Keeps the planner statistics of the tables fresh on PostgreSQL
+/// ([`Store::analyze_grown_tables`]): every 2 s, the tables that changed
+/// noticeably since their last analysis, in every long-running process.
+/// Ends when the runtime does.
 pub fn keep_statistics_fresh(store: &Store) {
+    if !store.batches_lock() {
+        return; // SQLite: see `SQLite housekeeping` in the README
+    }
     let store = store.clone();
     tokio::spawn(async move {
-        let mut told = false;
+        let mut ticker = tokio::time::interval(crate::store::STATISTICS_CHECK);
         loop {
-            match store.analyze_if_unattended().await {
-                Ok(true) if !told => {
-                    told = true;
-                    tracing::warn!(
-                        "PostgreSQL's autovacuum is off: email2fa analyzes its own tables every {} s",
-                        STATISTICS_INTERVAL.as_secs()
-                    );
+            ticker.tick().await;
+            match store.analyze_grown_tables().await {
+                Ok(tables) if !tables.is_empty() => {
+                    tracing::debug!(?tables, "planner statistics refreshed");
                 }
-                Ok(false) => return,
-                Ok(true) => {}
+                Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "could not refresh the planner statistics"),
             }
-            tokio::time::sleep(STATISTICS_INTERVAL).await;
         }
     });
 }

@@ -48,7 +48,8 @@ pub(super) async fn run(shared: Arc<Shared>, mut inbox: mpsc::Receiver<Job>) {
 /// Runs one batch and answers its webhooks; returns those to run again in
 /// the next batch of this lane.
 async fn run_jobs(shared: &Shared, jobs: Vec<Job>) -> Vec<Job> {
-    crate::metrics::ingest_batch(jobs.len());
+    let (started, size) = (std::time::Instant::now(), jobs.len());
+    crate::metrics::ingest_batch(size);
     // The same webhook id twice: the first runs, the others follow it.
     let mut first_of: HashMap<Key, usize> = HashMap::new();
     let mut leaders = Vec::with_capacity(jobs.len());
@@ -95,6 +96,11 @@ async fn run_jobs(shared: &Shared, jobs: Vec<Job>) -> Vec<Job> {
             Outcome::Again => again.push(job),
         }
     }
+    tracing::debug!(
+        size,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "batch done"
+    );
     again
 }
 

@@ -81,17 +81,14 @@ pub struct Store {
 
 const CREATE_SCHEMA: &str = "create schema if not exists email2fa";
 
-/// Every table of the service (`tests/webhooks.rs` checks the list against
-/// the schema).
-pub const ANALYZE_TABLES: &str = "analyze email2fa.tenants, email2fa.tenant_secrets, \
-    email2fa.tenant_settings, email2fa.service_providers, email2fa.secondary_auth_providers, \
-    email2fa.webhook_receipts, email2fa.factors, email2fa.challenges, email2fa.user_security, \
-    email2fa.trusted_devices, email2fa.login_decisions, email2fa.audit_events, \
-    email2fa.deliveries, email2fa.dead_letters";
 const _: () = assert!(
     PG_SCHEMA.len() == "email2fa".len(),
-    "CREATE_SCHEMA names PG_SCHEMA"
+    "CREATE_SCHEMA and analyze_grown_tables name PG_SCHEMA"
 );
+
+/// How often [`Store::analyze_grown_tables`] runs in every long-running
+/// process.
+pub const STATISTICS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Store {
     /// A store over an open pool, keyed by the master key.
@@ -139,24 +136,39 @@ impl Store {
         }
     }
 
-    /// Refreshes the planner statistics of the service's tables when
-    /// nobody else does: on PostgreSQL with `autovacuum` off (some CI and
-    /// benchmark servers run so), tables that grow from empty keep the plans
-    /// made when they were empty, and the send-limit counts slow down with
-    /// every row. Returns whether it analysed; a no-op on SQLite and when
-    /// autovacuum is on.
-    pub async fn analyze_if_unattended(&self) -> StoreResult<bool> {
+    /// Refreshes the planner statistics of the tables that grew (or
+    /// changed) by more than 50 rows plus 10 % since their last analysis,
+    /// the service's and apalis's, on PostgreSQL; returns the tables it
+    /// analysed (none on SQLite).
+    ///
+    /// PostgreSQL caches a plan per prepared statement and connection, and
+    /// builds it from the statistics of the moment: plans made while the
+    /// tables were empty (a new database, or statistics taken in the middle
+    /// of a bulk load) scan whole tables once they hold rows, and the
+    /// ingress slowed to a tenth until the next analysis. Autovacuum, where
+    /// it runs at all, analyses a new table only after a minute or more;
+    /// this runs every [`STATISTICS_CHECK`] and never analyses a table that
+    /// did not change, and an analysis makes every connection plan its
+    /// statements again.
+    pub async fn analyze_grown_tables(&self) -> StoreResult<Vec<String>> {
         let Db::Postgres(pool) = &self.db else {
-            return Ok(false);
+            return Ok(Vec::new());
         };
-        let (autovacuum,): (String,) = sqlx::query_as("select current_setting('autovacuum')")
-            .fetch_one(pool)
-            .await?;
-        if autovacuum != "off" {
-            return Ok(false);
+        let grown: Vec<(String,)> = sqlx::query_as(
+            "select quote_ident(s.schemaname) || '.' || quote_ident(s.relname) \
+             from pg_stat_user_tables s join pg_class c on c.oid = s.relid \
+             where s.schemaname in ('email2fa', 'apalis') \
+               and s.n_mod_since_analyze > 50 + 0.1 * greatest(c.reltuples, 0) \
+             order by 1",
+        )
+        .fetch_all(pool)
+        .await?;
+        let tables: Vec<String> = grown.into_iter().map(|(name,)| name).collect();
+        if !tables.is_empty() {
+            let sql = sqlx::AssertSqlSafe(format!("analyze {}", tables.join(", ")));
+            sqlx::query(sql).execute(pool).await?;
         }
-        sqlx::query(ANALYZE_TABLES).execute(pool).await?;
-        Ok(true)
+        Ok(tables)
     }
 
     /// Starts a transaction.
