@@ -214,6 +214,7 @@ pub async fn start_with_engine(
         .with_context(|| format!("failed to listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let domain = Arc::new(crate::domain::DomainConfig::from_settings(&settings));
+    store.watch_tenant_changes();
     let ingest = crate::ingest::Ingest::start(
         store.clone(),
         queue.clone(),

@@ -296,3 +296,61 @@ async fn a_batch_that_cannot_commit_answers_503_for_every_webhook_and_writes_not
     });
     assert_eq!(counts, [0, 0, 0]);
 }
+
+/// Two ingress processes (two pools and caches) on one PostgreSQL database:
+/// a settings change through one is heard by the other at once, not when
+/// its cached copy of the tenant's settings expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_change_reaches_the_other_ingress_processes_cache_at_once() {
+    let Some(app) = TestApp::postgres().await else {
+        return;
+    };
+    ready(&app).await;
+    let other_store = email2fa::app::open_store(&app.settings)
+        .await
+        .expect("second pool");
+    let other = email2fa::app::start(
+        Arc::new(app.settings.clone()),
+        other_store,
+        app.queue.clone(),
+        std::future::pending(),
+    )
+    .await
+    .expect("second ingress");
+    let other_base = format!("http://{}", other.addr);
+    let login = |base: String| {
+        let body = TestApp::envelope("login.started", json!({"user": customer("c1")}));
+        let id = fresh_id();
+        let ts = chrono::Utc::now().timestamp();
+        let signature = app.signature(&id, ts, &body);
+        let request = app
+            .client
+            .post(format!("{base}/v1/webhooks/{}", common::TENANT))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body);
+        async move {
+            let answer = request.send().await.expect("post");
+            answer.json::<Value>().await.expect("json")
+        }
+    };
+    // The other process caches the tenant: customers have 2FA, c1 has none.
+    assert_eq!(login(other_base.clone()).await["reason"], "not_enrolled");
+    let off = app
+        .post_signed("settings.updated", json!({"customer_2fa_allowed": false}))
+        .await;
+    assert_eq!(off.status, 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let reason = login(other_base.clone()).await["reason"].clone();
+        if reason == "2fa_inactive" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other process still uses its cached settings: {reason}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

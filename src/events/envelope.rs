@@ -84,6 +84,19 @@ impl EventType {
         )
     }
 
+    /// Whether it changes what the batches cache of a tenant: its
+    /// settings or its providers (the Services Manager).
+    pub fn configures_tenant(&self) -> bool {
+        matches!(
+            self,
+            Self::SettingsUpdated
+                | Self::ServiceProviderUpserted
+                | Self::ServiceProviderDeleted
+                | Self::SecondaryAuthProviderUpserted
+                | Self::SecondaryAuthProviderDeleted
+        )
+    }
+
     /// Parses a wire name.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == name)

@@ -167,7 +167,14 @@ async fn handle(
             store
                 .complete_receipt(&mut tx, tenant_id, webhook_id, 200, &answer)
                 .await?;
+            let configures = envelope.event_type.configures_tenant();
+            if configures {
+                store.announce_tenant_change(&mut tx, tenant_id).await?;
+            }
             commit_and_push(state, tx, jobs).await?;
+            if configures {
+                store.forget_tenant(tenant_id);
+            }
             Ok(json_response(StatusCode::OK, answer, false))
         }
         Err(error) => {

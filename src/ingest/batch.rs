@@ -77,7 +77,7 @@ pub(super) async fn run_batch(shared: &Shared, jobs: &[Job]) -> Result<Vec<Verdi
     let store = &shared.store;
     let items: Vec<_> = jobs.iter().map(|job| &job.item).collect();
     let lock_keys: Vec<u32> = jobs.iter().map(|job| job.key).collect();
-    let mut tx = store.begin().await?;
+    let mut tx = store.begin_batch().await?;
     store.lock_users(&mut tx, &lock_keys).await?;
     let now = Timestamp::now();
     let mut snap = store.read_batch(&mut tx, &items).await?;

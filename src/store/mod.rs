@@ -77,6 +77,7 @@ pub struct Store {
     secret_box: SecretBox,
     hasher: KeyedHasher,
     key_cache: std::sync::Arc<KeyCache>,
+    tenant_cache: std::sync::Arc<batch::TenantCache>,
 }
 
 const CREATE_SCHEMA: &str = "create schema if not exists email2fa";
@@ -98,6 +99,7 @@ impl Store {
             secret_box: SecretBox::new(master_key),
             hasher: KeyedHasher::new(master_key),
             key_cache: std::sync::Arc::default(),
+            tenant_cache: std::sync::Arc::default(),
         }
     }
 
@@ -174,6 +176,11 @@ impl Store {
     /// Starts a transaction.
     pub async fn begin(&self) -> StoreResult<Tx> {
         Ok(self.db.begin().await?)
+    }
+
+    /// Starts a batch's transaction ([`Db::begin_batch`]).
+    pub async fn begin_batch(&self) -> StoreResult<Tx> {
+        Ok(self.db.begin_batch().await?)
     }
 
     /// One round trip (readiness).

@@ -12,8 +12,10 @@
 
 mod read;
 pub mod rows;
+mod tenants;
 mod write;
 
+pub use tenants::TenantCache;
 pub use write::WriteCounts;
 
 use email2fa_workers::with_tx;

@@ -331,6 +331,8 @@ impl Store {
         Ok(snap)
     }
 
+    /// The settings and providers of the batch's tenants: from the cache
+    /// ([`super::TenantCache`]) where fresh, else read (two statements).
     async fn read_tenants(
         &self,
         tx: &mut Tx,
@@ -344,12 +346,18 @@ impl Store {
         let mut ids: Vec<&str> = items.iter().map(|i| i.tenant_id.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
+        let mut tenants = self.tenant_cache.get_many(&ids);
+        ids.retain(|id| !tenants.contains_key(*id));
+        if ids.is_empty() {
+            return Ok(tenants);
+        }
+        let began = self.tenant_cache.generation();
         let list = rows::array(&ids.iter().map(|id| Id { id }).collect::<Vec<_>>());
         let settings: Vec<TenantSettings> =
             fetch_rows(tx, SETTINGS.get(d), vec![list.clone()]).await?;
         let providers: Vec<SecondaryAuthProviderRow> =
             fetch_rows(tx, PROVIDERS.get(d), vec![list]).await?;
-        let mut tenants: HashMap<String, TenantState> = settings
+        let mut read: HashMap<String, TenantState> = settings
             .into_iter()
             .map(|settings| {
                 (
@@ -362,10 +370,12 @@ impl Store {
             })
             .collect();
         for provider in providers {
-            if let Some(tenant) = tenants.get_mut(&provider.tenant_id) {
+            if let Some(tenant) = read.get_mut(&provider.tenant_id) {
                 tenant.providers.push(provider);
             }
         }
+        self.tenant_cache.put_many(&read, began);
+        tenants.extend(read);
         Ok(tenants)
     }
 
