@@ -141,6 +141,9 @@ impl Shutdown {
     }
 }
 
+/// Jobs a worker process runs at once per email it sends at once.
+const JOBS_PER_SEND: usize = 4;
+
 /// Runs the workers and the outbox sweep until `shutdown`.
 pub fn start_workers(
     settings: &Settings,
@@ -149,7 +152,14 @@ pub fn start_workers(
     shutdown: Shutdown,
 ) -> JoinHandle<anyhow::Result<()>> {
     let config = WorkerConfig {
-        concurrency: settings.delivery.concurrency,
+        // More jobs than sends at once: while some send, others wait in the
+        // engine's claim and record batches, which then hold more each.
+        // The sends themselves stay at `delivery.concurrency`
+        // (`Transports`).
+        concurrency: settings
+            .delivery
+            .concurrency
+            .saturating_mul(JOBS_PER_SEND),
         name_prefix: "email2fa".into(),
         shutdown_timeout: Duration::from_secs(settings.delivery.shutdown_timeout_seconds),
         ..WorkerConfig::default()

@@ -8,6 +8,7 @@
 pub mod challenges;
 mod factors;
 mod login;
+mod minted_codes;
 pub mod providers;
 mod receipts;
 mod records;
@@ -22,7 +23,8 @@ pub use login::LoginContext;
 pub use providers::{SecondaryAuthProviderRow, ServiceProviderRow};
 pub use receipts::{Receipt, ReceiptClaim};
 pub use records::LoginDecision;
-pub use send_context::{ChallengeState, SendContext};
+pub use minted_codes::MintedCode;
+pub use send_context::{ChallengeState, SEND_CONTEXT, SendContext, SendContextRow};
 pub use tenant_settings::TenantSettings;
 pub use tenants::{KEY_CACHE_TTL, KeyCache, TenantSecretInfo, TenantSummary, TenantWithKeys};
 

@@ -198,6 +198,7 @@ impl Db {
             std::fs::create_dir_all(dir).map_err(ConnectError::Directory)?;
         }
         let pool = SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
@@ -211,6 +212,7 @@ impl Db {
             .map_err(ConnectError::InvalidUrl)?
             .options([("search_path", format!("{PG_SCHEMA},public"))]);
         let pool = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
