@@ -75,10 +75,11 @@ pub const SEND_CONTEXT: ContextQuery = ContextQuery {
         c.status as c_status, c.current_delivery_id as c_current_delivery_id, \
         c.code_length as c_code_length, c.code_ttl_seconds as c_code_ttl_seconds",
     joins: "left join tenants t on t.id = d.tenant_id \
-        left join secondary_auth_providers sa on sa.tenant_id = d.tenant_id and sa.id = (\
-            select x.id from secondary_auth_providers x where x.tenant_id = d.tenant_id \
-            order by case when x.id = d.secondary_auth_provider_id then 0 else 1 end, \
-                x.created_at, x.id limit 1) \
+        left join secondary_auth_providers sa on sa.tenant_id = d.tenant_id and sa.id = coalesce(\
+            (select x.id from secondary_auth_providers x where x.tenant_id = d.tenant_id \
+                and x.id = d.secondary_auth_provider_id), \
+            (select x.id from secondary_auth_providers x where x.tenant_id = d.tenant_id \
+                order by x.created_at, x.id limit 1)) \
         left join service_providers sp on sp.tenant_id = d.tenant_id \
             and sp.id = sa.service_provider_id \
         left join challenges c on c.tenant_id = d.tenant_id and c.id = d.challenge_id \
