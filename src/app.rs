@@ -156,10 +156,12 @@ pub fn start_workers(
         // engine's claim and record batches, which then hold more each.
         // The sends themselves stay at `delivery.concurrency`
         // (`Transports`).
-        concurrency: settings
-            .delivery
-            .concurrency
-            .saturating_mul(JOBS_PER_SEND),
+        concurrency: settings.delivery.concurrency.saturating_mul(
+            std::env::var("EMAIL2FA_EXPERIMENT_JOBS_PER_SEND")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(JOBS_PER_SEND),
+        ),
         name_prefix: "email2fa".into(),
         shutdown_timeout: Duration::from_secs(settings.delivery.shutdown_timeout_seconds),
         ..WorkerConfig::default()

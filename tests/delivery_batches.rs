@@ -113,7 +113,11 @@ async fn two_concurrent_batch_claimers_take_each_delivery_exactly_once(app: Test
     let distinct: HashSet<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(claimed.len(), 120, "each delivery claimed exactly once");
     assert_eq!(distinct.len(), 120);
-    assert!(claimed.iter().all(|d| d.attempts == 1 && d.status == "sending"));
+    assert!(
+        claimed
+            .iter()
+            .all(|d| d.attempts == 1 && d.status == "sending")
+    );
 }
 
 /// A worker claimed a batch and died before recording anything: its
@@ -154,7 +158,11 @@ async fn a_sent_delivery_is_never_claimed_again(app: TestApp) {
     deliveries::mark_sent_batch(app.store.db(), &records)
         .await
         .expect("mark sent");
-    assert!(claim(&app, &ids, now.plus_seconds(3600), 30).await.is_empty());
+    assert!(
+        claim(&app, &ids, now.plus_seconds(3600), 30)
+            .await
+            .is_empty()
+    );
     let statuses = deliveries::statuses_of(app.store.db(), &ids)
         .await
         .expect("statuses");

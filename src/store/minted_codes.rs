@@ -48,16 +48,11 @@ impl Store {
                         and c.current_delivery_id = m.delivery_id \
                      returning c.code_delivery_id",
                 )
-                .bind(codes.iter().map(|c| c.tenant_id.clone()).collect::<Vec<_>>())
-                .bind(codes.iter().map(|c| c.challenge_id.clone()).collect::<Vec<_>>())
-                .bind(codes.iter().map(|c| c.delivery_id.clone()).collect::<Vec<_>>())
-                .bind(codes.iter().map(|c| c.code_hash.clone()).collect::<Vec<_>>())
-                .bind(
-                    codes
-                        .iter()
-                        .map(|c| c.expires_at.as_datetime())
-                        .collect::<Vec<_>>(),
-                )
+                .bind(column(&codes, |c| c.tenant_id.clone()))
+                .bind(column(&codes, |c| c.challenge_id.clone()))
+                .bind(column(&codes, |c| c.delivery_id.clone()))
+                .bind(column(&codes, |c| c.code_hash.clone()))
+                .bind(column(&codes, |c| c.expires_at.as_datetime()))
                 .bind(now)
                 .fetch_all(pool)
                 .await?
@@ -102,4 +97,9 @@ impl Store {
         };
         Ok(stored.into_iter().map(|(id,)| id).collect())
     }
+}
+
+/// One field of every code, as an array to bind.
+fn column<T>(codes: &[&MintedCode], field: impl Fn(&MintedCode) -> T) -> Vec<T> {
+    codes.iter().map(|c| field(c)).collect()
 }

@@ -234,8 +234,8 @@ where
                 return Ok(Vec::new());
             }
             let claimed_ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
-            let claimed_ids = serde_json::to_string(&claimed_ids)
-                .map_err(|e| sqlx::Error::Encode(e.into()))?;
+            let claimed_ids =
+                serde_json::to_string(&claimed_ids).map_err(|e| sqlx::Error::Encode(e.into()))?;
             let rows = sqlx::query(sqlx::AssertSqlSafe(query.sqlite_context.as_str()))
                 .bind(claimed_ids)
                 .fetch_all(pool)
@@ -308,14 +308,10 @@ pub async fn mark_sent_batch(db: &Db, sent: &[SentRecord]) -> Result<(), sqlx::E
                     as m(id, reply, message_id, sent_at) \
                  where d.id = m.id",
             )
-            .bind(sent.iter().map(|s| s.id.clone()).collect::<Vec<_>>())
-            .bind(sent.iter().map(|s| s.reply.clone()).collect::<Vec<_>>())
-            .bind(sent.iter().map(|s| s.message_id.clone()).collect::<Vec<_>>())
-            .bind(
-                sent.iter()
-                    .map(|s| s.sent_at.as_datetime())
-                    .collect::<Vec<_>>(),
-            )
+            .bind(column(&sent, |s| s.id.clone()))
+            .bind(column(&sent, |s| s.reply.clone()))
+            .bind(column(&sent, |s| s.message_id.clone()))
+            .bind(column(&sent, |s| s.sent_at.as_datetime()))
             .execute(pool)
             .await?;
         }
@@ -349,6 +345,11 @@ pub async fn mark_sent_batch(db: &Db, sent: &[SentRecord]) -> Result<(), sqlx::E
         }
     }
     Ok(())
+}
+
+/// One field of every record, as an array to bind.
+fn column<T>(sent: &[&SentRecord], field: impl Fn(&SentRecord) -> T) -> Vec<T> {
+    sent.iter().map(|s| field(s)).collect()
 }
 
 /// The status of a delivery, or `None` when the row does not exist (yet).

@@ -610,9 +610,7 @@ async fn claim_and_prepare<S: MessageSource>(
                 .get(id)
                 .cloned()
                 .or_else(|| claimed_ids.contains(id).then(|| "sending".to_owned()));
-            Ok(answers
-                .remove(id)
-                .unwrap_or(Claim::NotClaimed(status)))
+            Ok(answers.remove(id).unwrap_or(Claim::NotClaimed(status)))
         })
         .collect()
 }
