@@ -306,3 +306,37 @@ async fn wait_all_sent(app: &TestApp, count: i64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// On SQLite the batch claim finds each delivery by its id: with the
+/// status index instead, every claim read the whole due backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_claims_a_batch_by_the_deliveries_ids() {
+    let app = ingress_only(TestApp::sqlite()).await;
+    queued_deliveries(&app, 50).await;
+    let email2fa_workers::db::Db::Sqlite(pool, _) = app.store.db() else {
+        unreachable!("an SQLite app");
+    };
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "explain query plan {}",
+        deliveries::SQLITE_CLAIM_BATCH
+    )))
+    .bind("[]")
+    .bind(Timestamp::now())
+    .bind(Timestamp::now())
+    .bind(Timestamp::now())
+    .fetch_all(pool)
+    .await
+    .expect("explain");
+    let steps: Vec<&str> = plan.iter().map(|step| step.3.as_str()).collect();
+    assert!(
+        steps.iter().any(|step| step
+            .contains("SEARCH deliveries USING INDEX sqlite_autoindex_deliveries_1 (id=?)")),
+        "{steps:?}"
+    );
+    assert!(
+        !steps
+            .iter()
+            .any(|step| step.contains("deliveries_by_status")),
+        "{steps:?}"
+    );
+}
