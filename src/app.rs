@@ -141,8 +141,12 @@ impl Shutdown {
     }
 }
 
-/// Jobs a worker process runs at once per email it sends at once.
-const JOBS_PER_SEND: usize = 4;
+/// Jobs a worker process runs at once per email it sends at once. Measured
+/// on a drain of 20,000 emails (Redis queue): 1 job per send ran at
+/// 1,288 emails/s, 4 at 2,211–2,876/s, 8 at 2,381/s. Each running job holds
+/// its delivery's lease, so this also bounds the deliveries a killed worker
+/// leaves `sending` until their lease runs out.
+pub const JOBS_PER_SEND: usize = 4;
 
 /// Runs the workers and the outbox sweep until `shutdown`.
 pub fn start_workers(
@@ -156,12 +160,7 @@ pub fn start_workers(
         // engine's claim and record batches, which then hold more each.
         // The sends themselves stay at `delivery.concurrency`
         // (`Transports`).
-        concurrency: settings.delivery.concurrency.saturating_mul(
-            std::env::var("EMAIL2FA_EXPERIMENT_JOBS_PER_SEND")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(JOBS_PER_SEND),
-        ),
+        concurrency: settings.delivery.concurrency.saturating_mul(JOBS_PER_SEND),
         name_prefix: "email2fa".into(),
         shutdown_timeout: Duration::from_secs(settings.delivery.shutdown_timeout_seconds),
         ..WorkerConfig::default()
