@@ -59,8 +59,8 @@ pub struct SendContextRow {
 
 /// What the engine reads beside each delivery it claims, in the same
 /// statement: the tenant's name, the secondary auth provider that sends it
-/// (the requested one sorts first when it exists; the others follow in the
-/// order of `secondary_auth_provider_in(.., None)`), its service provider,
+/// (the requested one when it exists, else the tenant's first in
+/// `created_at, id` order: its default), its service provider,
 /// and the code email's challenge. Joins onto the claimed delivery `d`;
 /// left joins only, so that every claimed delivery has its row.
 pub const SEND_CONTEXT: ContextQuery = ContextQuery {
