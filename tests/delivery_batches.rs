@@ -340,3 +340,44 @@ async fn sqlite_claims_a_batch_by_the_deliveries_ids() {
         "{steps:?}"
     );
 }
+
+/// On PostgreSQL the batch claim finds each delivery by its id even
+/// before the table's first analysis: with `deliveries_by_status` as well,
+/// every claim read the whole due backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_a_batch_by_the_deliveries_ids_without_statistics() {
+    let Some(app) = ingress_only(TestApp::postgres()).await else {
+        return;
+    };
+    queued_deliveries(&app, 2000).await;
+    let email2fa_workers::db::Db::Postgres(pool) = app.store.db() else {
+        unreachable!("a PostgreSQL app");
+    };
+    let mut conn = pool.acquire().await.expect("connection");
+    let prepare = format!(
+        "prepare batch_claim(text[], timestamptz, timestamptz, timestamptz) as {}",
+        batch_claim().postgres_statement()
+    );
+    for statement in ["set plan_cache_mode = force_generic_plan", prepare.as_str()] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *conn)
+            .await
+            .expect("prepare");
+    }
+    let plan: Vec<(String,)> =
+        sqlx::query_as("explain execute batch_claim(array['x'], now(), now(), now())")
+            .fetch_all(&mut *conn)
+            .await
+            .expect("explain");
+    let plan: Vec<&str> = plan.iter().map(|(line,)| line.as_str()).collect();
+    assert!(
+        plan.iter().any(|line| line.contains("deliveries_pkey")),
+        "{plan:#?}"
+    );
+    assert!(
+        !plan
+            .iter()
+            .any(|line| line.contains("deliveries_by_status")),
+        "{plan:#?}"
+    );
+}

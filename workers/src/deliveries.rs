@@ -146,8 +146,15 @@ pub struct BatchClaim {
     sqlite_context: String,
 }
 
-const CLAIMABLE: &str = "((status in ('queued', 'retrying') and next_attempt_at <= $4) \
-    or (status = 'sending' and lease_until < $2))";
+/// What is claimable, as in [`claim`], for the PostgreSQL batch claim
+/// (`status || ''` for SQLite's `+status`, see [`SQLITE_CLAIM_BATCH`]): it keeps the
+/// planner on the primary key. Without statistics (a table that grew since
+/// its last analysis, autovacuum on or off) it combined the key with
+/// `deliveries_by_status` and read the whole due backlog per claim.
+/// `tests/delivery_batches.rs` checks the plan.
+const CLAIMABLE_BY_ID: &str = "(((status || '') in ('queued', 'retrying') \
+        and next_attempt_at <= $4) \
+    or ((status || '') = 'sending' and lease_until < $2))";
 
 /// The batch claim on SQLite. `+status` keeps SQLite's planner off
 /// `deliveries_by_status`: without statistics it preferred that index to
@@ -163,6 +170,12 @@ pub const SQLITE_CLAIM_BATCH: &str = "update deliveries set status = 'sending', 
         created_at";
 
 impl BatchClaim {
+    /// The PostgreSQL statement (for plan checks in tests).
+    #[doc(hidden)]
+    pub fn postgres_statement(&self) -> &str {
+        &self.postgres
+    }
+
     /// `columns` (a select list) and `joins` (joins onto the claimed
     /// delivery, aliased `d`) are the caller's: they read only its own
     /// tables, never write.
@@ -172,7 +185,7 @@ impl BatchClaim {
                 "with claimed as (\
                     update deliveries set status = 'sending', attempts = attempts + 1, \
                         lease_until = $3, updated_at = $2 \
-                    where id = any($1) and {CLAIMABLE} \
+                    where id = any($1) and {CLAIMABLE_BY_ID} \
                     returning {COLUMNS}) \
                  select d.*, {columns} from claimed d {joins}"
             ),
