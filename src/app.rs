@@ -141,6 +141,13 @@ impl Shutdown {
     }
 }
 
+/// Jobs a worker process runs at once per email it sends at once. Measured
+/// on a drain of 20,000 emails (Redis queue): 1 job per send ran at
+/// 1,288 emails/s, 4 at 2,211–2,876/s, 8 at 2,381/s. Each running job holds
+/// its delivery's lease, so this also bounds the deliveries a killed worker
+/// leaves `sending` until their lease runs out.
+pub const JOBS_PER_SEND: usize = 4;
+
 /// Runs the workers and the outbox sweep until `shutdown`.
 pub fn start_workers(
     settings: &Settings,
@@ -149,7 +156,11 @@ pub fn start_workers(
     shutdown: Shutdown,
 ) -> JoinHandle<anyhow::Result<()>> {
     let config = WorkerConfig {
-        concurrency: settings.delivery.concurrency,
+        // More jobs than sends at once: while some send, others wait in the
+        // engine's claim and record batches, which then hold more each.
+        // The sends themselves stay at `delivery.concurrency`
+        // (`Transports`).
+        concurrency: settings.delivery.concurrency.saturating_mul(JOBS_PER_SEND),
         name_prefix: "email2fa".into(),
         shutdown_timeout: Duration::from_secs(settings.delivery.shutdown_timeout_seconds),
         ..WorkerConfig::default()

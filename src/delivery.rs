@@ -3,16 +3,20 @@
 //! providers and the master key — so it mints codes and opens SMTP passwords
 //! here, in memory, at the moment of sending.
 
+use std::collections::HashSet;
+
 use chrono::Datelike;
 use email2fa_workers::deliveries::Delivery;
-use email2fa_workers::engine::{MessageSource, PrepareError, Prepared};
+use email2fa_workers::engine::{ContextQuery, MessageSource, PrepareError, Prepared};
 use email2fa_workers::render::{Role, TemplateContext};
 use email2fa_workers::transport::{Security, SmtpProvider};
 use lettre::message::Mailbox;
 
 use crate::crypto::new_code;
 use crate::store::providers::password_context;
-use crate::store::{ChallengeState, SendContext, Store, StoreError, Timestamp};
+use crate::store::{
+    ChallengeState, MintedCode, SEND_CONTEXT, SendContext, SendContextRow, Store, Timestamp,
+};
 
 /// Prepares deliveries from the store.
 #[derive(Clone, Debug)]
@@ -27,30 +31,76 @@ impl ServiceSource {
     }
 }
 
-fn transient(error: StoreError) -> PrepareError {
-    PrepareError::Transient(error.to_string())
+/// A code email whose code is drawn, waiting for its hash to be stored.
+struct Minted {
+    code: String,
+    ttl_seconds: i32,
+    hash: MintedCode,
 }
 
 impl MessageSource for ServiceSource {
-    /// Three round trips at most: [`Store::send_context`], and for a code
-    /// email the conditional write of its hash ([`Store::store_minted_code`]).
-    /// Nothing holds a transaction (or SQLite's write lock) while it reads.
-    async fn prepare(&self, d: &Delivery) -> Result<Prepared, PrepareError> {
-        let store = &self.store;
-        let code_email = d.kind != "factor_removed";
-        let challenge_id = d.challenge_id.as_deref().filter(|_| code_email);
-        let send = store
-            .send_context(&d.tenant_id, &d.secondary_auth_provider_id, challenge_id)
-            .await
-            .map_err(transient)?
-            .ok_or_else(no_provider)?;
-        let (provider, from) = provider_from(store, &send)?;
+    type Context = SendContextRow;
+
+    const CONTEXT: ContextQuery = SEND_CONTEXT;
+
+    /// One round trip for the whole batch, and none without a code email:
+    /// the context came with the claim, the codes are drawn here and their
+    /// hashes stored with [`Store::store_minted_codes`]. A code whose send
+    /// was superseded meanwhile is not stored, and its email is discarded.
+    async fn prepare_batch(
+        &self,
+        claimed: Vec<(Delivery, SendContextRow)>,
+    ) -> Vec<(Delivery, Result<Prepared, PrepareError>)> {
         let now = Timestamp::now();
+        let mut prepared = Vec::with_capacity(claimed.len());
+        let mut codes = Vec::new();
+        for (d, row) in claimed {
+            let result = row
+                .into_send_context(&d.tenant_id)
+                .ok_or_else(no_provider)
+                .and_then(|send| self.prepare_one(&d, &send, now));
+            let (result, minted) = match result {
+                Ok((ready, minted)) => (Ok(ready), minted),
+                Err(error) => (Err(error), None),
+            };
+            if let Some(minted) = &minted {
+                codes.push(minted.hash.clone());
+            }
+            prepared.push((d, result, minted));
+        }
+        let stored = match self.store.store_minted_codes(&codes).await {
+            Ok(stored) => Ok(stored),
+            Err(error) => Err(PrepareError::Transient(error.to_string())),
+        };
+        prepared
+            .into_iter()
+            .map(|(d, result, minted)| {
+                let result = match (result, minted) {
+                    (Ok(ready), Some(minted)) => with_code(ready, minted, &d, &stored),
+                    (result, _) => result,
+                };
+                (d, result)
+            })
+            .collect()
+    }
+}
+
+impl ServiceSource {
+    /// Everything but storing the code: the provider, the sender, the
+    /// template's values, and for a code email its freshly drawn code.
+    fn prepare_one(
+        &self,
+        d: &Delivery,
+        send: &SendContext,
+        now: Timestamp,
+    ) -> Result<(Prepared, Option<Minted>), PrepareError> {
+        let (provider, from) = provider_from(&self.store, send)?;
         let product_name = from
             .name
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| send.tenant_name.clone());
+        let code_email = d.kind != "factor_removed";
         let mut context = TemplateContext {
             product_name,
             user_name: d.user_name.clone(),
@@ -65,10 +115,8 @@ impl MessageSource for ServiceSource {
             removed_at: None,
             year: now.as_datetime().year(),
         };
-        if code_email {
-            let (code, ttl) = mint(store, d, send.challenge.as_ref(), now).await?;
-            context.code = Some(code);
-            context.code_ttl_minutes = Some((i64::from(ttl) + 59) / 60);
+        let minted = if code_email {
+            Some(mint(&self.store, d, send.challenge.as_ref(), now)?)
         } else {
             context.removed_at = Some(
                 d.created_at
@@ -76,12 +124,35 @@ impl MessageSource for ServiceSource {
                     .format("%Y-%m-%d %H:%M UTC")
                     .to_string(),
             );
-        }
-        Ok(Prepared {
+            None
+        };
+        let prepared = Prepared {
             provider,
             from,
             context,
-        })
+        };
+        Ok((prepared, minted))
+    }
+}
+
+/// Puts the code into the message once its hash is stored.
+fn with_code(
+    mut ready: Prepared,
+    minted: Minted,
+    d: &Delivery,
+    stored: &Result<HashSet<String>, PrepareError>,
+) -> Result<Prepared, PrepareError> {
+    match stored {
+        Err(error) => Err(error.clone()),
+        // A resend (or a verify) got in between the claim and this write.
+        Ok(stored) if !stored.contains(&d.id) => {
+            Err(PrepareError::Skip("superseded by a newer send".into()))
+        }
+        Ok(_) => {
+            ready.context.code = Some(minted.code);
+            ready.context.code_ttl_minutes = Some((i64::from(minted.ttl_seconds) + 59) / 60);
+            Ok(ready)
+        }
     }
 }
 
@@ -89,14 +160,15 @@ fn no_provider() -> PrepareError {
     PrepareError::Permanent("no secondary auth provider is configured".into())
 }
 
-/// Draws the code for this send and stores its keyed hash and expiry with
-/// the challenge — unless the challenge closed or a newer send replaced it.
-async fn mint(
+/// Draws the code for this send, and its keyed hash and expiry to store
+/// with the challenge — unless the challenge closed or a newer send
+/// replaced it.
+fn mint(
     store: &Store,
     d: &Delivery,
     challenge: Option<&ChallengeState>,
     now: Timestamp,
-) -> Result<(String, i32), PrepareError> {
+) -> Result<Minted, PrepareError> {
     let challenge_id = d
         .challenge_id
         .as_deref()
@@ -116,16 +188,17 @@ async fn mint(
     let length = usize::try_from(challenge.code_length).unwrap_or(6);
     let code = new_code(length);
     let hash = store.hasher().code_hash(challenge_id, &code);
-    let expires_at = now.plus_seconds(i64::from(challenge.code_ttl_seconds));
-    let stored = store
-        .store_minted_code(&d.tenant_id, challenge_id, &d.id, &hash, expires_at)
-        .await
-        .map_err(transient)?;
-    if !stored {
-        // A resend (or a verify) got in between our read and this write.
-        return Err(PrepareError::Skip("superseded by a newer send".into()));
-    }
-    Ok((code, challenge.code_ttl_seconds))
+    Ok(Minted {
+        code,
+        ttl_seconds: challenge.code_ttl_seconds,
+        hash: MintedCode {
+            tenant_id: d.tenant_id.clone(),
+            challenge_id: challenge_id.to_owned(),
+            delivery_id: d.id.clone(),
+            code_hash: hash,
+            expires_at: now.plus_seconds(i64::from(challenge.code_ttl_seconds)),
+        },
+    })
 }
 
 /// The SMTP provider and sender of a [`SendContext`], its password opened.

@@ -668,38 +668,16 @@ async fn the_send_limit_holds_across_two_ingress_processes_sharing_postgres() {
     };
     ready(&app).await;
     enroll(&app, customer("c1"), Some("c1@shop.example"), 1).await;
-    let other_store = email2fa::app::open_store(&app.settings)
-        .await
-        .expect("second pool");
-    let other = email2fa::app::start(
-        Arc::new(app.settings.clone()),
-        other_store,
-        app.queue.clone(),
-        std::future::pending(),
-    )
-    .await
-    .expect("second ingress");
-    let bases = [app.base.clone(), format!("http://{}", other.addr)];
+    let bases = [app.base.clone(), app.second_ingress().await];
     let app = Arc::new(app);
     let calls = (0..20).map(|i| {
         let app = app.clone();
         let base = bases[i % 2].clone();
         tokio::spawn(async move {
-            let body = TestApp::envelope("login.started", json!({"user": customer("c1")}));
-            let id = format!("msg_{}", ulid::Ulid::generate());
-            let ts = chrono::Utc::now().timestamp();
-            let signature = app.signature(&id, ts, &body);
-            app.client
-                .post(format!("{base}/v1/webhooks/{}", common::TENANT))
-                .header("webhook-id", id)
-                .header("webhook-timestamp", ts.to_string())
-                .header("webhook-signature", signature)
-                .body(body)
-                .send()
+            let data = json!({"user": customer("c1")});
+            app.post_signed_to(&base, "login.started", data)
                 .await
-                .expect("post")
-                .status()
-                .as_u16()
+                .status
         })
     });
     let statuses: Vec<u16> = futures::future::join_all(calls)

@@ -123,15 +123,10 @@ pub fn queue_code(overlay: &mut Overlay<'_>, challenge: &Challenge) -> String {
 mod tests {
     use super::*;
 
+    /// 5 codes per user per 15 min, 10 per address per hour, a lockout
+    /// after 20 wrong codes for 15 min: the defaults.
     fn limits() -> LimitSettings {
-        LimitSettings {
-            codes_per_user: 5,
-            user_window_seconds: 900,
-            codes_per_recipient: 10,
-            recipient_window_seconds: 3600,
-            lockout_failures: 20,
-            lockout_seconds: 900,
-        }
+        crate::settings::Settings::default().limits
     }
 
     fn at(seconds: i64) -> Timestamp {

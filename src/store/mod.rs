@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod challenges;
 mod factors;
+mod minted_codes;
 pub mod providers;
 mod receipts;
 mod records;
@@ -18,9 +19,10 @@ mod tenants;
 pub use challenges::Challenge;
 pub use email2fa_workers::db::{Db, PoolConfig, Timestamp, Tx};
 pub use factors::{Factor, TrustedDevice};
+pub use minted_codes::MintedCode;
 pub use providers::{SecondaryAuthProviderRow, ServiceProviderRow};
 pub use receipts::{Receipt, ReceiptClaim};
-pub use send_context::{ChallengeState, SendContext};
+pub use send_context::{ChallengeState, SEND_CONTEXT, SendContext, SendContextRow};
 pub use tenant_settings::TenantSettings;
 pub use tenants::{KEY_CACHE_TTL, KeyCache, TenantSecretInfo, TenantSummary, TenantWithKeys};
 

@@ -1,8 +1,9 @@
-//! What preparing one email reads, in one round trip.
+//! What preparing an email reads: the service's columns that the engine
+//! reads with each delivery it claims, in the claim's own statement.
 
-use email2fa_workers::with_db;
+use email2fa_workers::engine::ContextQuery;
 
-use super::{ServiceProviderRow, Store, StoreResult, Timestamp};
+use super::{ServiceProviderRow, Timestamp};
 
 /// The state of a code email's challenge that decides whether to mint.
 #[derive(Debug, Clone)]
@@ -32,9 +33,11 @@ pub struct SendContext {
     pub challenge: Option<ChallengeState>,
 }
 
-#[derive(sqlx::FromRow)]
-struct SendContextRow {
-    tenant_name: String,
+/// The service's columns read with each claimed delivery
+/// ([`SEND_CONTEXT`]), decoded.
+#[derive(Debug, sqlx::FromRow)]
+pub struct SendContextRow {
+    tenant_name: Option<String>,
     sa_service_provider_id: Option<String>,
     sp_id: Option<String>,
     sp_title: Option<String>,
@@ -54,9 +57,14 @@ struct SendContextRow {
     c_code_ttl_seconds: Option<i32>,
 }
 
-// The requested secondary auth provider sorts first when it exists; the
-// others follow in `created_at, id` order (the tenant's default first).
-const SELECT: &str = "select t.name as tenant_name, \
+/// What the engine reads beside each delivery it claims, in the same
+/// statement: the tenant's name, the secondary auth provider that sends it
+/// (the requested one when it exists, else the tenant's first in
+/// `created_at, id` order: its default), its service provider,
+/// and the code email's challenge. Joins onto the claimed delivery `d`;
+/// left joins only, so that every claimed delivery has its row.
+pub const SEND_CONTEXT: ContextQuery = ContextQuery {
+    columns: "t.name as tenant_name, \
         sa.service_provider_id as sa_service_provider_id, \
         sp.id as sp_id, sp.title as sp_title, sp.kind as sp_kind, \
         sp.smtp_host as sp_smtp_host, sp.smtp_port as sp_smtp_port, \
@@ -65,83 +73,78 @@ const SELECT: &str = "select t.name as tenant_name, \
         sp.from_address as sp_from_address, sp.from_name as sp_from_name, \
         sp.created_at as sp_created_at, sp.updated_at as sp_updated_at, \
         c.status as c_status, c.current_delivery_id as c_current_delivery_id, \
-        c.code_length as c_code_length, c.code_ttl_seconds as c_code_ttl_seconds \
-    from tenants t \
-    left join secondary_auth_providers sa on sa.tenant_id = t.id and sa.id = (select id \
-        from secondary_auth_providers where tenant_id = $1 \
-        order by case when id = $2 then 0 else 1 end, created_at, id limit 1) \
-    left join service_providers sp on sp.tenant_id = t.id and sp.id = sa.service_provider_id \
-    left join challenges c on c.tenant_id = t.id and c.id = $3 \
-    where t.id = $1";
+        c.code_length as c_code_length, c.code_ttl_seconds as c_code_ttl_seconds",
+    joins: "left join tenants t on t.id = d.tenant_id \
+        left join secondary_auth_providers sa on sa.tenant_id = d.tenant_id and sa.id = coalesce(\
+            (select x.id from secondary_auth_providers x where x.tenant_id = d.tenant_id \
+                and x.id = d.secondary_auth_provider_id), \
+            (select x.id from secondary_auth_providers x where x.tenant_id = d.tenant_id \
+                order by x.created_at, x.id limit 1)) \
+        left join service_providers sp on sp.tenant_id = d.tenant_id \
+            and sp.id = sa.service_provider_id \
+        left join challenges c on c.tenant_id = d.tenant_id and c.id = d.challenge_id \
+            and d.kind <> 'factor_removed'",
+};
 
-impl Store {
-    /// The [`SendContext`] of one email, in one statement outside any
-    /// transaction (five reads in a write transaction before). `None` when
-    /// the tenant no longer exists.
-    pub async fn send_context(
-        &self,
-        tenant_id: &str,
-        secondary_auth_provider_id: &str,
-        challenge_id: Option<&str>,
-    ) -> StoreResult<Option<SendContext>> {
-        let row: Option<SendContextRow> = with_db!(&self.db, pool => sqlx::query_as(SELECT)
-            .bind(tenant_id).bind(secondary_auth_provider_id).bind(challenge_id)
-            .fetch_optional(pool).await)?;
-        Ok(row.map(|row| {
-            let service_provider = match (
-                row.sp_id,
-                row.sp_title,
-                row.sp_kind,
-                row.sp_smtp_host,
-                row.sp_smtp_port,
-                row.sp_smtp_security,
-                row.sp_from_address,
-                row.sp_created_at,
-                row.sp_updated_at,
-            ) {
-                (
-                    Some(id),
-                    Some(title),
-                    Some(kind),
-                    Some(smtp_host),
-                    Some(smtp_port),
-                    Some(smtp_security),
-                    Some(from_address),
-                    Some(created_at),
-                    Some(updated_at),
-                ) => Some(ServiceProviderRow {
-                    tenant_id: tenant_id.to_string(),
-                    id,
-                    title,
-                    kind,
-                    smtp_host,
-                    smtp_port,
-                    smtp_security,
-                    smtp_username: row.sp_smtp_username,
-                    smtp_password_sealed: row.sp_smtp_password_sealed,
-                    from_address,
-                    from_name: row.sp_from_name,
-                    created_at,
-                    updated_at,
-                }),
-                _ => None,
-            };
-            let challenge = match (row.c_status, row.c_code_length, row.c_code_ttl_seconds) {
-                (Some(status), Some(code_length), Some(code_ttl_seconds)) => Some(ChallengeState {
-                    status,
-                    current_delivery_id: row.c_current_delivery_id,
-                    code_length,
-                    code_ttl_seconds,
-                }),
-                _ => None,
-            };
-            SendContext {
-                tenant_name: row.tenant_name,
-                provider: row
-                    .sa_service_provider_id
-                    .map(|sp_id| (sp_id, service_provider)),
-                challenge,
-            }
-        }))
+impl SendContextRow {
+    /// The [`SendContext`] of a delivery of `tenant_id`; `None` when the
+    /// tenant no longer exists.
+    pub fn into_send_context(self, tenant_id: &str) -> Option<SendContext> {
+        let row = self;
+        let tenant_name = row.tenant_name?;
+        let service_provider = match (
+            row.sp_id,
+            row.sp_title,
+            row.sp_kind,
+            row.sp_smtp_host,
+            row.sp_smtp_port,
+            row.sp_smtp_security,
+            row.sp_from_address,
+            row.sp_created_at,
+            row.sp_updated_at,
+        ) {
+            (
+                Some(id),
+                Some(title),
+                Some(kind),
+                Some(smtp_host),
+                Some(smtp_port),
+                Some(smtp_security),
+                Some(from_address),
+                Some(created_at),
+                Some(updated_at),
+            ) => Some(ServiceProviderRow {
+                tenant_id: tenant_id.to_string(),
+                id,
+                title,
+                kind,
+                smtp_host,
+                smtp_port,
+                smtp_security,
+                smtp_username: row.sp_smtp_username,
+                smtp_password_sealed: row.sp_smtp_password_sealed,
+                from_address,
+                from_name: row.sp_from_name,
+                created_at,
+                updated_at,
+            }),
+            _ => None,
+        };
+        let challenge = match (row.c_status, row.c_code_length, row.c_code_ttl_seconds) {
+            (Some(status), Some(code_length), Some(code_ttl_seconds)) => Some(ChallengeState {
+                status,
+                current_delivery_id: row.c_current_delivery_id,
+                code_length,
+                code_ttl_seconds,
+            }),
+            _ => None,
+        };
+        Some(SendContext {
+            tenant_name,
+            provider: row
+                .sa_service_provider_id
+                .map(|sp_id| (sp_id, service_provider)),
+            challenge,
+        })
     }
 }

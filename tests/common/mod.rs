@@ -559,6 +559,41 @@ impl TestApp {
         }
     }
 
+    /// A second ingress on this app's database, with its own pool and
+    /// caches, as another process would have; returns its base URL.
+    pub async fn second_ingress(&self) -> String {
+        let store = email2fa::app::open_store(&self.settings)
+            .await
+            .expect("second pool");
+        let other = email2fa::app::start(
+            std::sync::Arc::new(self.settings.clone()),
+            store,
+            self.queue.clone(),
+            std::future::pending(),
+        )
+        .await
+        .expect("second ingress");
+        format!("http://{}", other.addr)
+    }
+
+    /// Posts a correctly signed event with a fresh webhook id to the
+    /// ingress at `base`.
+    pub async fn post_signed_to(&self, base: &str, event_type: &str, data: Value) -> TestResponse {
+        let body = Self::envelope(event_type, data);
+        let id = format!("msg_{}", ulid::Ulid::generate());
+        let now = chrono::Utc::now().timestamp();
+        let signature = self.signature(&id, now, &body);
+        let request = self
+            .client
+            .post(format!("{base}/v1/webhooks/{TENANT}"))
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", now.to_string())
+            .header("webhook-signature", signature)
+            .body(body);
+        Self::collect(request.send().await.expect("request")).await
+    }
+
     /// A count from the database, for asserting what was (not) written.
     pub async fn count(&self, sql: &'static str) -> i64 {
         email2fa_workers::with_db!(self.store.db(), pool => {

@@ -6,6 +6,12 @@
 //! them with a lease, so a delivery already `sent` is never sent again and a
 //! send cut off by a crash is retried once its lease runs out.
 
+use std::collections::HashMap;
+
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{FromRow, Row};
+
 use crate::db::{Db, Timestamp, Tx};
 use crate::{with_db, with_tx};
 
@@ -123,6 +129,247 @@ pub async fn claim(
     let due = now.plus_seconds(1);
     with_db!(db, pool => sqlx::query_as(sql).bind(id).bind(now)
         .bind(now.plus_seconds(lease_seconds)).bind(due).fetch_optional(pool).await)
+}
+
+/// The claim of a batch of deliveries together with what the caller reads
+/// beside each (the service's columns: see [`crate::engine::ContextQuery`]).
+///
+/// Built once per engine: the statement text includes the caller's columns
+/// and joins, so it is prepared once per connection and reused.
+#[derive(Debug, Clone)]
+pub struct BatchClaim {
+    /// PostgreSQL: the claim and the context in one statement (the update
+    /// in a data-modifying CTE, joined to the context).
+    postgres: String,
+    /// SQLite (no data-modifying CTEs): the context of claimed rows, read
+    /// after the claim, outside the write lock.
+    sqlite_context: String,
+}
+
+/// What is claimable, as in [`claim`], for the PostgreSQL batch claim
+/// (`status || ''` for SQLite's `+status`, see [`SQLITE_CLAIM_BATCH`]): it keeps the
+/// planner on the primary key. Without statistics (a table that grew since
+/// its last analysis, autovacuum on or off) it combined the key with
+/// `deliveries_by_status` and read the whole due backlog per claim.
+/// `tests/delivery_batches.rs` checks the plan.
+const CLAIMABLE_BY_ID: &str = "(((status || '') in ('queued', 'retrying') \
+        and next_attempt_at <= $4) \
+    or ((status || '') = 'sending' and lease_until < $2))";
+
+/// The batch claim on SQLite. `+status` keeps SQLite's planner off
+/// `deliveries_by_status`: without statistics it preferred that index to
+/// the primary key and read every due delivery of the backlog per claim
+/// (a drain in O(n²)). `tests/delivery_batches.rs` checks the plan.
+pub const SQLITE_CLAIM_BATCH: &str = "update deliveries set status = 'sending', \
+        attempts = attempts + 1, lease_until = $3, updated_at = $2 \
+     where id in (select value from json_each($1)) \
+        and ((+status in ('queued', 'retrying') and next_attempt_at <= $4) \
+            or (+status = 'sending' and lease_until < $2)) \
+     returning id, tenant_id, kind, user_id, recipient, user_name, locale, role, \
+        challenge_id, secondary_auth_provider_id, status, attempts, max_attempts, not_after, \
+        created_at";
+
+impl BatchClaim {
+    /// The PostgreSQL statement (for plan checks in tests).
+    #[doc(hidden)]
+    pub fn postgres_statement(&self) -> &str {
+        &self.postgres
+    }
+
+    /// `columns` (a select list) and `joins` (joins onto the claimed
+    /// delivery, aliased `d`) are the caller's: they read only its own
+    /// tables, never write.
+    pub fn new(columns: &str, joins: &str) -> Self {
+        Self {
+            postgres: format!(
+                "with claimed as (\
+                    update deliveries set status = 'sending', attempts = attempts + 1, \
+                        lease_until = $3, updated_at = $2 \
+                    where id = any($1) and {CLAIMABLE_BY_ID} \
+                    returning {COLUMNS}) \
+                 select d.*, {columns} from claimed d {joins}"
+            ),
+            sqlite_context: format!(
+                "select d.id as claimed_delivery_id, {columns} from deliveries d {joins} \
+                 where d.id in (select value from json_each($1))"
+            ),
+        }
+    }
+}
+
+/// Claims every delivery of `ids` that is claimable (as [`claim`] does for
+/// one) and reads each one's context, in one statement on PostgreSQL (two
+/// on SQLite: the claim under the write lock, then the read). Returns the
+/// claimed deliveries only, each once even if its id was given twice; ids
+/// not returned were not claimable (see [`statuses_of`]).
+///
+/// Rows are locked in id order, so concurrent claimers of overlapping
+/// batches wait for each other instead of deadlocking; a row a concurrent
+/// claimer took while we waited is re-checked and left out.
+pub async fn claim_batch<C>(
+    db: &Db,
+    query: &BatchClaim,
+    ids: &[String],
+    now: Timestamp,
+    lease_seconds: i64,
+) -> Result<Vec<(Delivery, C)>, sqlx::Error>
+where
+    C: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin,
+{
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let lease_until = now.plus_seconds(lease_seconds);
+    // One second of slack, as in [`claim`].
+    let due = now.plus_seconds(1);
+    match db {
+        Db::Postgres(pool) => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(query.postgres.as_str()))
+                .bind(ids)
+                .bind(now)
+                .bind(lease_until)
+                .bind(due)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(|row| Ok((Delivery::from_row(row)?, C::from_row(row)?)))
+                .collect()
+        }
+        Db::Sqlite(pool, _) => {
+            let ids = serde_json::to_string(&ids).map_err(|e| sqlx::Error::Encode(e.into()))?;
+            let claimed: Vec<Delivery> = {
+                let _turn = db.write_turn().await?;
+                sqlx::query_as(SQLITE_CLAIM_BATCH)
+                    .bind(&ids)
+                    .bind(now)
+                    .bind(lease_until)
+                    .bind(due)
+                    .fetch_all(pool)
+                    .await?
+            };
+            if claimed.is_empty() {
+                return Ok(Vec::new());
+            }
+            let claimed_ids: Vec<&str> = claimed.iter().map(|d| d.id.as_str()).collect();
+            let claimed_ids =
+                serde_json::to_string(&claimed_ids).map_err(|e| sqlx::Error::Encode(e.into()))?;
+            let rows = sqlx::query(sqlx::AssertSqlSafe(query.sqlite_context.as_str()))
+                .bind(claimed_ids)
+                .fetch_all(pool)
+                .await?;
+            let mut contexts = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let id: String = row.try_get("claimed_delivery_id")?;
+                contexts.insert(id, C::from_row(row)?);
+            }
+            // A claimed row always has its context row (only left joins);
+            // one deleted in between (its tenant went) has nothing to send.
+            Ok(claimed
+                .into_iter()
+                .filter_map(|d| contexts.remove(&d.id).map(|c| (d, c)))
+                .collect())
+        }
+    }
+}
+
+/// The status of each delivery of `ids` that exists.
+pub async fn statuses_of(db: &Db, ids: &[String]) -> Result<HashMap<String, String>, sqlx::Error> {
+    let rows: Vec<(String, String)> = match db {
+        Db::Postgres(pool) => {
+            sqlx::query_as("select id, status from deliveries where id = any($1)")
+                .bind(ids.to_vec())
+                .fetch_all(pool)
+                .await?
+        }
+        Db::Sqlite(pool, _) => {
+            let ids = serde_json::to_string(ids).map_err(|e| sqlx::Error::Encode(e.into()))?;
+            sqlx::query_as(
+                "select id, status from deliveries where id in (select value from json_each($1))",
+            )
+            .bind(ids)
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    Ok(rows.into_iter().collect())
+}
+
+/// A send the SMTP server accepted, to record with [`mark_sent_batch`].
+#[derive(Debug, Clone)]
+pub struct SentRecord {
+    /// The delivery.
+    pub id: String,
+    /// The server's reply.
+    pub reply: String,
+    /// The message's `Message-ID`.
+    pub message_id: String,
+    /// When the server accepted it.
+    pub sent_at: Timestamp,
+}
+
+/// Records several accepted sends in one statement (see [`mark_sent`]).
+pub async fn mark_sent_batch(db: &Db, sent: &[SentRecord]) -> Result<(), sqlx::Error> {
+    if sent.is_empty() {
+        return Ok(());
+    }
+    let mut sent: Vec<&SentRecord> = sent.iter().collect();
+    // Row locks in id order: concurrent batches never deadlock.
+    sent.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query(
+                "update deliveries d set status = 'sent', smtp_reply = m.reply, \
+                    message_id = m.message_id, sent_at = m.sent_at, updated_at = m.sent_at, \
+                    lease_until = null, last_error = null \
+                 from unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
+                    as m(id, reply, message_id, sent_at) \
+                 where d.id = m.id",
+            )
+            .bind(column(&sent, |s| s.id.clone()))
+            .bind(column(&sent, |s| s.reply.clone()))
+            .bind(column(&sent, |s| s.message_id.clone()))
+            .bind(column(&sent, |s| s.sent_at.as_datetime()))
+            .execute(pool)
+            .await?;
+        }
+        Db::Sqlite(pool, _) => {
+            // No arrays: a `values` list with one row per send (the text
+            // differs per batch size, so at most one prepared statement
+            // per size).
+            let rows = (0..sent.len())
+                .map(|i| {
+                    let n = i * 4;
+                    format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = sqlx::AssertSqlSafe(format!(
+                "update deliveries set status = 'sent', smtp_reply = m.column2, \
+                    message_id = m.column3, sent_at = m.column4, updated_at = m.column4, \
+                    lease_until = null, last_error = null \
+                 from (values {rows}) as m where deliveries.id = m.column1"
+            ));
+            let mut query = sqlx::query(sql);
+            for s in &sent {
+                query = query
+                    .bind(&s.id)
+                    .bind(&s.reply)
+                    .bind(&s.message_id)
+                    .bind(s.sent_at);
+            }
+            let _turn = db.write_turn().await?;
+            query.execute(pool).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One field of every record, as an array to bind.
+fn column<T>(sent: &[&SentRecord], field: impl Fn(&SentRecord) -> T) -> Vec<T> {
+    sent.iter().map(|s| field(s)).collect()
 }
 
 /// The status of a delivery, or `None` when the row does not exist (yet).

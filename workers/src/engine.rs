@@ -2,6 +2,14 @@
 //! service prepare it (for a code email: mint the code now), render, send,
 //! and write the outcome back — plus the outbox sweep.
 //!
+//! Jobs run one delivery each, but their database work is done in batches
+//! ([`Batcher`]): the handlers running at the same time submit their
+//! delivery ids, and one statement claims them all together with the
+//! service's context (provider, tenant, challenge); the service then mints
+//! their codes and stores every code's hash in one statement; accepted
+//! sends are recorded in one statement too. Everything rarer (retries,
+//! dead letters, discards) is written per delivery.
+//!
 //! Retries are ours, not apalis's: a transient failure schedules the next
 //! attempt as a new job with `run_at` from an exponential backoff with jitter
 //! (backon), never past the moment the email stops being useful; a permanent
@@ -15,10 +23,14 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lettre::message::Mailbox;
+use sqlx::FromRow;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
 
+use crate::batcher::Batcher;
 use crate::db::{Db, Timestamp};
 use crate::dead_letters::replace_ignoring_case;
-use crate::deliveries::{self, Delivery};
+use crate::deliveries::{self, BatchClaim, Delivery, SentRecord};
 use crate::queue::{EmailJob, Queue};
 use crate::render::{MessageKind, Renderer, TemplateContext, build_message};
 use crate::transport::{SendError, SmtpProvider, Transports};
@@ -34,7 +46,7 @@ pub struct Prepared {
 }
 
 /// Why a delivery could not be prepared.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum PrepareError {
     /// Nothing to send any more: superseded by a newer send, or the
     /// challenge closed. The delivery is discarded, not dead.
@@ -45,15 +57,53 @@ pub enum PrepareError {
     Transient(String),
 }
 
+/// The service's columns read with each claimed delivery: a select list
+/// and joins onto the claimed delivery row, aliased `d`. They may only
+/// read (left joins, so that a claimed delivery always has its row).
+#[derive(Debug, Clone, Copy)]
+pub struct ContextQuery {
+    /// Select list, each column named (`t.name as tenant_name, …`).
+    pub columns: &'static str,
+    /// Joins onto `d` (`left join tenants t on t.id = d.tenant_id …`).
+    pub joins: &'static str,
+}
+
 /// What the engine asks of the service: it owns challenges, providers and
-/// the master key, so it prepares each message.
+/// the master key, so it prepares each message. The engine claims its
+/// deliveries and reads the service's [`ContextQuery`] beside them in the
+/// same statement; the service decodes those columns ([`Self::Context`])
+/// and prepares the batch.
 pub trait MessageSource: Send + Sync + 'static {
-    /// Loads what the delivery needs and, for a code email, mints its code
-    /// (storing only the code's keyed hash with the challenge).
-    fn prepare(
+    /// The service's columns of one claimed delivery, decoded.
+    type Context: for<'r> FromRow<'r, PgRow>
+        + for<'r> FromRow<'r, SqliteRow>
+        + Send
+        + Sync
+        + Unpin
+        + 'static;
+
+    /// What to read with each claimed delivery.
+    const CONTEXT: ContextQuery;
+
+    /// Prepares claimed deliveries: for code emails, mints each code and
+    /// stores every code's keyed hash (in one statement for the batch).
+    /// Answers one result per delivery, in order.
+    fn prepare_batch(
         &self,
-        delivery: &Delivery,
-    ) -> impl Future<Output = Result<Prepared, PrepareError>> + Send;
+        claimed: Vec<(Delivery, Self::Context)>,
+    ) -> impl Future<Output = Vec<(Delivery, Result<Prepared, PrepareError>)>> + Send;
+}
+
+/// Why an attempt could not record its outcome (the row is left to its
+/// lease and the outbox sweep).
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// A statement of this delivery failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The batch this delivery was part of failed.
+    #[error("batch failed: {0}")]
+    Batch(Arc<str>),
 }
 
 /// Retry policy and leases.
@@ -87,12 +137,19 @@ const INVISIBLE_GRACE: Duration = Duration::from_secs(30);
 /// How long a worker waits for a young job's row to become visible.
 const VISIBILITY_WAIT: Duration = Duration::from_secs(2);
 
+/// Most deliveries claimed (or recorded) in one statement.
+const MAX_BATCH: usize = 64;
+
+/// Batches of each kind running at once: while one waits for the database,
+/// the next collects what arrives meanwhile.
+const BATCHES_IN_FLIGHT: usize = 2;
+
 /// The engine. Cheap to clone.
-pub struct Engine<S> {
+pub struct Engine<S: MessageSource> {
     inner: Arc<Inner<S>>,
 }
 
-impl<S> Clone for Engine<S> {
+impl<S: MessageSource> Clone for Engine<S> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
@@ -100,14 +157,35 @@ impl<S> Clone for Engine<S> {
     }
 }
 
-struct Inner<S> {
-    db: Db,
+struct Inner<S: MessageSource> {
+    shared: Arc<Shared<S>>,
     queue: Queue,
-    source: S,
     renderer: Renderer,
     transports: Transports,
-    config: EngineConfig,
     unhealthy: Mutex<HashMap<String, bool>>,
+    claims: Batcher<String, Result<Claim, Arc<str>>>,
+    sent: Batcher<SentRecord, Result<(), Arc<str>>>,
+}
+
+/// What the batchers' tasks use (they must not hold the engine itself, or
+/// the engine would never be dropped and their tasks never end).
+struct Shared<S> {
+    db: Db,
+    source: S,
+    config: EngineConfig,
+    claim: BatchClaim,
+}
+
+/// What a claim batch tells one job.
+enum Claim {
+    /// Claimed and prepared: send it.
+    Ready(Box<(Delivery, Prepared)>),
+    /// Claimed, but it cannot be sent as it is.
+    Unprepared(Delivery, PrepareError),
+    /// Claimed too late: its code could no longer be used.
+    Expired(Delivery),
+    /// Not claimable: the row's status, or `None` when it is not visible.
+    NotClaimed(Option<String>),
 }
 
 /// The outcome of one job, for tests and logs.
@@ -127,6 +205,7 @@ pub enum Outcome {
 
 impl<S: MessageSource> Engine<S> {
     /// An engine over the database, the queue and the service's source.
+    /// Starts its batchers: call it inside a Tokio runtime.
     pub fn new(
         db: Db,
         queue: Queue,
@@ -135,17 +214,43 @@ impl<S: MessageSource> Engine<S> {
         transports: Transports,
         config: EngineConfig,
     ) -> Self {
+        let shared = Arc::new(Shared {
+            db,
+            source,
+            config,
+            claim: BatchClaim::new(S::CONTEXT.columns, S::CONTEXT.joins),
+        });
+        let claims = {
+            let shared = Arc::clone(&shared);
+            Batcher::start(MAX_BATCH, BATCHES_IN_FLIGHT, move |ids| {
+                claim_and_prepare(Arc::clone(&shared), ids)
+            })
+        };
+        let sent = {
+            let db = shared.db.clone();
+            Batcher::start(MAX_BATCH, BATCHES_IN_FLIGHT, move |records| {
+                record_sent(db.clone(), records)
+            })
+        };
         Self {
             inner: Arc::new(Inner {
-                db,
+                shared,
                 queue,
-                source,
                 renderer,
                 transports,
-                config,
                 unhealthy: Mutex::default(),
+                claims,
+                sent,
             }),
         }
+    }
+
+    fn db(&self) -> &Db {
+        &self.inner.shared.db
+    }
+
+    fn config(&self) -> &EngineConfig {
+        &self.inner.shared.config
     }
 
     /// The job handler: one attempt at one delivery. Never fails; every
@@ -167,33 +272,25 @@ impl<S: MessageSource> Engine<S> {
 
     /// One attempt, returning what happened.
     #[tracing::instrument(skip_all, fields(delivery.id = %job.delivery_id))]
-    pub async fn attempt(&self, job: EmailJob) -> Result<Outcome, sqlx::Error> {
-        let inner = &self.inner;
-        let Some(delivery) = self.claim_when_visible(&job).await? else {
-            return Ok(Outcome::Skipped);
-        };
-        let now = Timestamp::now();
-        if delivery.not_after.is_some_and(|end| end <= now) {
-            deliveries::mark_finished(
-                &inner.db,
-                &delivery.id,
-                "expired",
-                "its code could no longer be used",
-                now,
-            )
-            .await?;
-            return Ok(Outcome::Finished("expired"));
-        }
-        let prepared = match inner.source.prepare(&delivery).await {
-            Ok(prepared) => prepared,
-            Err(PrepareError::Skip(why)) => {
-                deliveries::mark_finished(&inner.db, &delivery.id, "discarded", &why, now).await?;
-                return Ok(Outcome::Finished("discarded"));
+    pub async fn attempt(&self, job: EmailJob) -> Result<Outcome, AttemptError> {
+        let (delivery, prepared) = match self.claim_when_visible(&job).await? {
+            None | Some(Claim::NotClaimed(_)) => return Ok(Outcome::Skipped),
+            Some(Claim::Ready(ready)) => *ready,
+            Some(Claim::Expired(delivery)) => {
+                let why = "its code could no longer be used";
+                self.finish(&delivery, "expired", why).await?;
+                return Ok(Outcome::Finished("expired"));
             }
-            Err(PrepareError::Permanent(why)) => {
-                return self.dead(&delivery, "permanent", &why).await;
+            Some(Claim::Unprepared(delivery, error)) => {
+                return match error {
+                    PrepareError::Skip(why) => {
+                        self.finish(&delivery, "discarded", &why).await?;
+                        Ok(Outcome::Finished("discarded"))
+                    }
+                    PrepareError::Permanent(why) => self.dead(&delivery, "permanent", &why).await,
+                    PrepareError::Transient(why) => self.retry(&delivery, &why, false).await,
+                };
             }
-            Err(PrepareError::Transient(why)) => return self.retry(&delivery, &why, false).await,
         };
         let message = match self.compose(&delivery, &prepared) {
             Ok(message) => message,
@@ -201,19 +298,27 @@ impl<S: MessageSource> Engine<S> {
         };
         let (message, message_id) = message;
         let started = std::time::Instant::now();
-        let result = inner.transports.send(&prepared.provider, message).await;
+        let result = self
+            .inner
+            .transports
+            .send(&prepared.provider, message)
+            .await;
         crate::metrics::send(&result, started.elapsed(), delivery.created_at);
         match result {
             Ok(reply) => {
                 self.set_health(&prepared.provider, true);
-                deliveries::mark_sent(
-                    &inner.db,
-                    &delivery.id,
-                    &reply,
-                    &message_id,
-                    Timestamp::now(),
-                )
-                .await?;
+                let record = SentRecord {
+                    id: delivery.id.clone(),
+                    reply,
+                    message_id,
+                    sent_at: Timestamp::now(),
+                };
+                self.inner
+                    .sent
+                    .submit(record)
+                    .await
+                    .unwrap_or_else(|| Err(Arc::from("the batch was lost")))
+                    .map_err(AttemptError::Batch)?;
                 tracing::info!(kind = %delivery.kind, attempts = delivery.attempts, "email sent");
                 Ok(Outcome::Sent)
             }
@@ -224,6 +329,16 @@ impl<S: MessageSource> Engine<S> {
             }
             Err(SendError::Permanent(why)) => self.dead(&delivery, "rejected", &why).await,
         }
+    }
+
+    async fn finish(
+        &self,
+        delivery: &Delivery,
+        status: &str,
+        why: &str,
+    ) -> Result<(), AttemptError> {
+        deliveries::mark_finished(self.db(), &delivery.id, status, why, Timestamp::now()).await?;
+        Ok(())
     }
 
     fn compose(
@@ -250,26 +365,27 @@ impl<S: MessageSource> Engine<S> {
         build_message(&prepared.from, &to, &rendered, &rendered.locale).map_err(|e| e.to_string())
     }
 
-    /// Claims the job's delivery. With Redis the ingress pushes a job just
-    /// before its transaction commits, so a fast worker can see the job
-    /// before its row: a young job whose row is missing waits for it (up to
+    /// Claims the job's delivery (in a batch with the other jobs running
+    /// now). With Redis the ingress pushes a job just before its
+    /// transaction commits, so a fast worker can see the job before its
+    /// row: a young job whose row is missing waits for it (up to
     /// [`VISIBILITY_WAIT`]), then leaves it to the outbox sweep.
-    async fn claim_when_visible(&self, job: &EmailJob) -> Result<Option<Delivery>, sqlx::Error> {
-        let inner = &self.inner;
+    async fn claim_when_visible(&self, job: &EmailJob) -> Result<Option<Claim>, AttemptError> {
         let waited_since = std::time::Instant::now();
         loop {
-            let now = Timestamp::now();
-            if let Some(delivery) =
-                deliveries::claim(&inner.db, &job.delivery_id, now, inner.config.lease_seconds)
-                    .await?
-            {
-                return Ok(Some(delivery));
-            }
-            match deliveries::status_of(&inner.db, &job.delivery_id)
-                .await?
-                .as_deref()
-            {
-                // Committed between our claim and this read: claim again.
+            let claim = self
+                .inner
+                .claims
+                .submit(job.delivery_id.clone())
+                .await
+                .unwrap_or_else(|| Err(Arc::from("the batch was lost")))
+                .map_err(AttemptError::Batch)?;
+            let status = match claim {
+                Claim::NotClaimed(status) => status,
+                claimed => return Ok(Some(claimed)),
+            };
+            match status.as_deref() {
+                // Committed between our claim and the status read: claim again.
                 Some("queued") if waited_since.elapsed() < VISIBILITY_WAIT => continue,
                 // Finished, another worker has it, or a retry not due yet.
                 Some(_) => return Ok(None),
@@ -290,7 +406,7 @@ impl<S: MessageSource> Engine<S> {
     }
 
     fn delay_for(&self, attempts: i32) -> Duration {
-        let config = &self.inner.config;
+        let config = self.config();
         ExponentialBuilder::default()
             .with_min_delay(config.backoff_base)
             .with_max_delay(config.backoff_cap)
@@ -307,13 +423,13 @@ impl<S: MessageSource> Engine<S> {
         delivery: &Delivery,
         why: &str,
         provider_broken: bool,
-    ) -> Result<Outcome, sqlx::Error> {
+    ) -> Result<Outcome, AttemptError> {
         if delivery.attempts >= delivery.max_attempts {
             return self.dead(delivery, "attempts_exhausted", why).await;
         }
         let delay = if provider_broken {
             // Credentials fail for every message alike: wait the longest.
-            self.inner.config.backoff_cap
+            self.config().backoff_cap
         } else {
             self.delay_for(delivery.attempts)
         };
@@ -322,10 +438,10 @@ impl<S: MessageSource> Engine<S> {
             now.as_datetime() + chrono::Duration::from_std(delay).unwrap_or_default(),
         );
         if delivery.not_after.is_some_and(|end| next >= end) {
-            deliveries::mark_finished(&self.inner.db, &delivery.id, "expired", why, now).await?;
+            deliveries::mark_finished(self.db(), &delivery.id, "expired", why, now).await?;
             return Ok(Outcome::Finished("expired"));
         }
-        deliveries::mark_retrying(&self.inner.db, &delivery.id, why, next, now).await?;
+        deliveries::mark_retrying(self.db(), &delivery.id, why, next, now).await?;
         let job = EmailJob {
             delivery_id: delivery.id.clone(),
         };
@@ -347,8 +463,8 @@ impl<S: MessageSource> Engine<S> {
         delivery: &Delivery,
         reason: &str,
         why: &str,
-    ) -> Result<Outcome, sqlx::Error> {
-        deliveries::mark_dead(&self.inner.db, delivery, reason, why, Timestamp::now()).await?;
+    ) -> Result<Outcome, AttemptError> {
+        deliveries::mark_dead(self.db(), delivery, reason, why, Timestamp::now()).await?;
         tracing::warn!(kind = %delivery.kind, attempts = delivery.attempts, reason, error = %replace_ignoring_case(why, &delivery.recipient, "<recipient>"), "email dead-lettered");
         Ok(Outcome::Dead)
     }
@@ -383,7 +499,7 @@ impl<S: MessageSource> Engine<S> {
 
     /// Re-pushes deliveries the queue seems to have lost; returns how many.
     pub async fn sweep(&self) -> Result<usize, crate::queue::QueueError> {
-        self.sweep_with_grace(self.inner.config.sweep_grace_seconds)
+        self.sweep_with_grace(self.config().sweep_grace_seconds)
             .await
     }
 
@@ -399,7 +515,7 @@ impl<S: MessageSource> Engine<S> {
         if let Some(oldest) = self.inner.queue.oldest_waiting_job().await? {
             due_before = due_before.min(Timestamp::from(oldest).plus_seconds(-grace));
         }
-        let ids = deliveries::overdue(&self.inner.db, now, due_before, 500)
+        let ids = deliveries::overdue(self.db(), now, due_before, 500)
             .await
             .map_err(|e| crate::queue::QueueError::Other(e.into()))?;
         let count = ids.len();
@@ -427,6 +543,98 @@ impl<S: MessageSource> Engine<S> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// One claim batch: claims the submitted deliveries with their context in
+/// one statement, has the service prepare them (their codes' hashes in one
+/// more), and tells each job what became of its delivery.
+async fn claim_and_prepare<S: MessageSource>(
+    shared: Arc<Shared<S>>,
+    ids: Vec<String>,
+) -> Vec<Result<Claim, Arc<str>>> {
+    let now = Timestamp::now();
+    let lease = shared.config.lease_seconds;
+    let claimed =
+        match deliveries::claim_batch::<S::Context>(&shared.db, &shared.claim, &ids, now, lease)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(error) => return failed(&ids, &error),
+        };
+    crate::metrics::claim_batch(ids.len(), claimed.len());
+    let mut answers: HashMap<String, Claim> = HashMap::with_capacity(ids.len());
+    let mut live = Vec::with_capacity(claimed.len());
+    for (delivery, context) in claimed {
+        if delivery.not_after.is_some_and(|end| end <= now) {
+            answers.insert(delivery.id.clone(), Claim::Expired(delivery));
+        } else {
+            live.push((delivery, context));
+        }
+    }
+    for (delivery, prepared) in shared.source.prepare_batch(live).await {
+        let claim = match prepared {
+            Ok(prepared) => Claim::Ready(Box::new((delivery, prepared))),
+            Err(error) => Claim::Unprepared(delivery, error),
+        };
+        answers.insert(claim_id(&claim).to_owned(), claim);
+    }
+    let claimed_ids: std::collections::HashSet<String> = answers.keys().cloned().collect();
+    let unclaimed: Vec<String> = ids
+        .iter()
+        .filter(|id| !answers.contains_key(*id))
+        .cloned()
+        .collect();
+    let statuses = if unclaimed.is_empty() {
+        HashMap::new()
+    } else {
+        match deliveries::statuses_of(&shared.db, &unclaimed).await {
+            Ok(statuses) => statuses,
+            // The claimed ones must still be answered: they are ours now.
+            Err(error) => {
+                let why: Arc<str> = Arc::from(error.to_string());
+                return ids
+                    .iter()
+                    .map(|id| answers.remove(id).ok_or_else(|| Arc::clone(&why)))
+                    .collect();
+            }
+        }
+    };
+    ids.iter()
+        .map(|id| {
+            // An id submitted twice (a job pushed again by the sweep while
+            // the first still runs) is claimed once: the first job gets it,
+            // the other finds it `sending`.
+            let status = statuses
+                .get(id)
+                .cloned()
+                .or_else(|| claimed_ids.contains(id).then(|| "sending".to_owned()));
+            Ok(answers.remove(id).unwrap_or(Claim::NotClaimed(status)))
+        })
+        .collect()
+}
+
+fn claim_id(claim: &Claim) -> &str {
+    match claim {
+        Claim::Ready(ready) => &ready.0.id,
+        Claim::Unprepared(delivery, _) | Claim::Expired(delivery) => &delivery.id,
+        Claim::NotClaimed(_) => "",
+    }
+}
+
+fn failed<T>(ids: &[String], error: &sqlx::Error) -> Vec<Result<T, Arc<str>>> {
+    let why: Arc<str> = Arc::from(error.to_string());
+    ids.iter().map(|_| Err(Arc::clone(&why))).collect()
+}
+
+/// One batch of accepted sends, recorded in one statement.
+async fn record_sent(db: Db, records: Vec<SentRecord>) -> Vec<Result<(), Arc<str>>> {
+    match deliveries::mark_sent_batch(&db, &records).await {
+        Ok(()) => records.iter().map(|_| Ok(())).collect(),
+        Err(error) => {
+            let ids: Vec<String> = records.into_iter().map(|r| r.id).collect();
+            failed(&ids, &error)
         }
     }
 }

@@ -43,3 +43,11 @@ pub fn send(result: &Result<String, SendError>, took: Duration, created_at: Time
 pub fn unhealthy_providers(count: usize) {
     metrics::gauge!("email2fa_smtp_providers_unhealthy").set(count as f64);
 }
+
+/// Records one claim batch: how many jobs it served
+/// (`email2fa_delivery_claim_batch_size`) and how many of their deliveries
+/// it claimed.
+pub fn claim_batch(jobs: usize, claimed: usize) {
+    metrics::histogram!("email2fa_delivery_claim_batch_size").record(jobs as f64);
+    metrics::counter!("email2fa_delivery_claims_total").increment(claimed as u64);
+}

@@ -100,11 +100,17 @@ pub fn classify(error: &lettre::transport::smtp::Error) -> SendError {
 }
 
 /// The transports, built once per provider version and shared by all sends.
+///
+/// At most `pool_size` sends run at once (more jobs than that may be
+/// claiming or recording at the same time): each provider's pool then never
+/// needs more connections than it keeps, and a connection is handed from
+/// one send to the next instead of being opened and closed.
 #[derive(Clone)]
 pub struct Transports {
     mode: MailMode,
     timeout: Duration,
     pool_size: u32,
+    sends: Arc<tokio::sync::Semaphore>,
     cache: Arc<Mutex<HashMap<String, AsyncSmtpTransport<Tokio1Executor>>>>,
 }
 
@@ -112,10 +118,14 @@ impl Transports {
     /// Transports with an SMTP command timeout and a connection pool of
     /// `pool_size` per provider.
     pub fn new(mode: MailMode, timeout: Duration, pool_size: u32) -> Self {
+        let pool_size = pool_size.max(1);
         Self {
             mode,
             timeout,
-            pool_size: pool_size.max(1),
+            pool_size,
+            sends: Arc::new(tokio::sync::Semaphore::new(
+                usize::try_from(pool_size).unwrap_or(usize::MAX),
+            )),
             cache: Arc::default(),
         }
     }
@@ -169,6 +179,8 @@ impl Transports {
         provider: &SmtpProvider,
         message: Message,
     ) -> Result<String, SendError> {
+        // The semaphore is never closed.
+        let _turn = self.sends.acquire().await.ok();
         match &self.mode {
             MailMode::Files(dir) => {
                 tokio::fs::create_dir_all(dir).await.map_err(|e| {

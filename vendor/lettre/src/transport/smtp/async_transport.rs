@@ -72,6 +72,27 @@ impl AsyncTransport for AsyncSmtpTransport<Tokio1Executor> {
     async fn send_raw(&self, envelope: &Envelope, email: &[u8]) -> Result<Self::Ok, Self::Error> {
         let mut conn = self.inner.connection().await?;
 
+        #[cfg(feature = "pool")]
+        let result = match conn.send(envelope, email).await {
+            // email2fa patch: a pooled connection reused without a NOOP
+            // failed before the server took the message (closed since it
+            // was parked, or the server said 421 "closing"): nothing was
+            // sent, so send once more on a new connection.
+            Err(error)
+                if conn.untested()
+                    && !conn.content_started()
+                    && !error.is_client()
+                    && error.status().is_none_or(|code| u16::from(code) == 421) =>
+            {
+                #[cfg(feature = "tracing")]
+                tracing::debug!("a reused connection failed before the message; sending on a new one");
+                drop(conn);
+                let mut conn = self.inner.new_connection().await?;
+                conn.send(envelope, email).await?
+            }
+            result => result?,
+        };
+        #[cfg(not(feature = "pool"))]
         let result = conn.send(envelope, email).await?;
 
         #[cfg(not(feature = "pool"))]

@@ -35,7 +35,16 @@ struct ParkedConnection {
 pub(crate) struct PooledConnection<E: Executor> {
     conn: Option<AsyncSmtpConnection>,
     pool: Arc<Pool<E>>,
+    /// email2fa patch: reused without a `NOOP` test (see `RECENTLY_USED`).
+    untested: bool,
 }
+
+/// email2fa patch: a pooled connection parked for less than this is handed
+/// out without the `NOOP` round trip that tests it: it worked moments ago.
+/// If it fails anyway before the server took the message (it was closed
+/// meanwhile), `AsyncSmtpTransport::send_raw` sends again on a fresh
+/// connection.
+const RECENTLY_USED: Duration = Duration::from_secs(2);
 
 impl<E: Executor> Pool<E> {
     pub(crate) fn new(config: PoolConfig, client: AsyncSmtpClient<E>) -> Arc<Self> {
@@ -170,10 +179,12 @@ impl<E: Executor> Pool<E> {
 
             match conn {
                 Some(conn) => {
+                    // email2fa patch: no NOOP for a connection used moments ago.
+                    let untested = conn.idle_duration() < RECENTLY_USED;
                     let mut conn = conn.unpark();
 
                     // TODO: handle the client try another connection if this one isn't good
-                    if !conn.test_connected().await {
+                    if !untested && !conn.test_connected().await {
                         #[cfg(feature = "tracing")]
                         tracing::debug!("dropping a broken connection");
 
@@ -184,17 +195,22 @@ impl<E: Executor> Pool<E> {
                     #[cfg(feature = "tracing")]
                     tracing::debug!("reusing a pooled connection");
 
-                    return Ok(PooledConnection::wrap(conn, Arc::clone(self)));
+                    return Ok(PooledConnection::wrap(conn, Arc::clone(self), untested));
                 }
                 None => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!("creating a new connection");
 
-                    let conn = self.client.connection().await?;
-                    return Ok(PooledConnection::wrap(conn, Arc::clone(self)));
+                    return self.new_connection().await;
                 }
             }
         }
+    }
+
+    /// email2fa patch: a new connection, never one from the pool.
+    pub(crate) async fn new_connection(self: &Arc<Self>) -> Result<PooledConnection<E>, Error> {
+        let conn = self.client.connection().await?;
+        Ok(PooledConnection::wrap(conn, Arc::clone(self), false))
     }
 
     async fn recycle(&self, mut conn: AsyncSmtpConnection) {
@@ -294,11 +310,17 @@ impl ParkedConnection {
 }
 
 impl<E: Executor> PooledConnection<E> {
-    fn wrap(conn: AsyncSmtpConnection, pool: Arc<Pool<E>>) -> Self {
+    fn wrap(conn: AsyncSmtpConnection, pool: Arc<Pool<E>>, untested: bool) -> Self {
         Self {
             conn: Some(conn),
             pool,
+            untested,
         }
+    }
+
+    /// email2fa patch: whether it was reused without a `NOOP` test.
+    pub(crate) fn untested(&self) -> bool {
+        self.untested
     }
 }
 
