@@ -1,8 +1,9 @@
--- The statements of one login.started webhook for an enrolled customer, as
--- the service runs them, in one transaction (the tenant's keys come from the
--- ingress's 1 s cache). :u is the user, :r a random id for the new rows.
--- Keep it in step with src/store/login.rs, src/domain/login.rs and
--- src/domain/sending.rs.
+-- The statements of one login.started webhook for an enrolled customer in
+-- one transaction of its own, as the service ran them before the ingress
+-- batched its webhooks (src/ingest): the per-webhook reference the batched
+-- path is compared with. Replacing it with the batch statements the service
+-- runs now (prepared, batches of 16-64 on 2 connections) is still to do.
+-- :u is the user, :r a random id for the new rows.
 \set u random(1, 1000000000000)
 \set r random(1, 1000000000000000)
 begin;
