@@ -3,7 +3,7 @@
 //! [`Writes`] that [`crate::domain::batch::plan`] decided.
 //!
 //! On PostgreSQL a batch first takes an advisory lock per user key (sorted,
-//! one statement), then reads, then takes a lock per recipient address
+//! with its `begin`), then reads, then takes a lock per recipient address
 //! (sorted) before it counts the sends: always users before addresses and
 //! each in ascending order, so that batches of different processes cannot
 //! deadlock. On SQLite the transaction's write lock serialises everything.
@@ -44,8 +44,24 @@ impl super::Store {
         matches!(self.db, super::Db::Postgres(_))
     }
 
+    /// Starts a batch's transaction ([`email2fa_workers::db::Db::begin_batch`])
+    /// holding the advisory locks of these user keys until it ends, taken
+    /// in ascending order in the same round trip (PostgreSQL).
+    pub async fn begin_batch(&self, user_keys: &[u32]) -> StoreResult<Tx> {
+        let locks: Vec<(i32, i32)> = if self.batches_lock() {
+            sorted_keys(user_keys)
+                .into_iter()
+                .map(|k| (USER_LOCKS, k))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(self.db.begin_batch(&locks).await?)
+    }
+
     /// Takes the advisory locks of these user keys until the transaction
-    /// ends, in ascending order (PostgreSQL; a no-op on SQLite).
+    /// ends, in ascending order (PostgreSQL; a no-op on SQLite), for a
+    /// transaction that did not take them with its `begin`.
     pub async fn lock_users(&self, tx: &mut Tx, keys: &[u32]) -> StoreResult<()> {
         lock(tx, USER_LOCKS, keys).await
     }
@@ -60,14 +76,8 @@ async fn lock(tx: &mut Tx, class: i32, keys: &[u32]) -> StoreResult<()> {
     let Tx::Postgres(tx) = tx else {
         return Ok(());
     };
-    // The keys as PostgreSQL's int4, sorted and distinct: every batch takes
-    // them in the same order. `unnest` yields them in array order.
-    let mut keys: Vec<i32> = keys
-        .iter()
-        .map(|k| i32::from_ne_bytes(k.to_ne_bytes()))
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
+    // `unnest` yields them in array order.
+    let keys = sorted_keys(keys);
     if keys.is_empty() {
         return Ok(());
     }
@@ -77,6 +87,18 @@ async fn lock(tx: &mut Tx, class: i32, keys: &[u32]) -> StoreResult<()> {
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// The keys as PostgreSQL's int4, sorted and distinct: every batch takes
+/// them in the same order.
+fn sorted_keys(keys: &[u32]) -> Vec<i32> {
+    let mut keys: Vec<i32> = keys
+        .iter()
+        .map(|k| i32::from_ne_bytes(k.to_ne_bytes()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// The same statement on whichever connection a [`Tx`] holds, returning

@@ -64,7 +64,7 @@ struct Since<'a> {
 static RECEIPTS: LazyLock<Sql> = LazyLock::new(|| {
     Sql::new(|d| {
         format!(
-            "select r.tenant_id, r.webhook_id, r.body_sha256, r.status, r.answer_sealed \
+            "select r.tenant_id, r.webhook_id, r.body_sha256, r.status as receipt_status, r.answer_sealed \
              from {} cross join webhook_receipts r \
              where r.tenant_id = x.tenant_id and r.webhook_id = x.id",
             source(d, 1, "x", &PAIR)
@@ -172,6 +172,140 @@ static COUNTS: LazyLock<Sql> = LazyLock::new(|| {
     })
 });
 
+/// Every column of [`AT_ONCE`]'s rows with its PostgreSQL type: the
+/// columns of each table read, by name (a receipt's `status` as
+/// `receipt_status`, not to meet a challenge's).
+const WIDE: [(&str, &str); 35] = [
+    ("tenant_id", "text"),
+    ("id", "text"),
+    ("purpose", "text"),
+    ("user_id", "text"),
+    ("role", "text"),
+    ("email", "text"),
+    ("user_name", "text"),
+    ("locale", "text"),
+    ("secondary_auth_provider_id", "text"),
+    ("status", "text"),
+    ("attempts", "integer"),
+    ("max_attempts", "integer"),
+    ("code_length", "integer"),
+    ("code_ttl_seconds", "integer"),
+    ("code_hash", "bytea"),
+    ("code_expires_at", "timestamptz"),
+    ("code_delivery_id", "text"),
+    ("current_delivery_id", "text"),
+    ("resend_after", "timestamptz"),
+    ("factor_id", "text"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+    ("closed_at", "timestamptz"),
+    ("token_hash", "bytea"),
+    ("label", "text"),
+    ("last_used_at", "timestamptz"),
+    ("expires_at", "timestamptz"),
+    ("revoked_at", "timestamptz"),
+    ("consecutive_failures", "integer"),
+    ("last_failure_at", "timestamptz"),
+    ("webhook_id", "text"),
+    ("body_sha256", "bytea"),
+    ("receipt_status", "integer"),
+    ("answer_sealed", "bytea"),
+    ("kind", "text"),
+];
+
+/// One part of [`AT_ONCE`]: the rows of one table as [`WIDE`] rows of
+/// `kind`, `columns` (a comma-separated list of the table's columns, or
+/// `name as alias` pairs) taken from `alias`, every other column null.
+fn wide(kind: &str, alias: &str, columns: &str, from: &str) -> String {
+    let present: HashMap<&str, String> = columns
+        .split(',')
+        .map(|c| {
+            let c = c.trim();
+            match c.split_once(" as ") {
+                Some((name, column)) => (column.trim(), format!("{alias}.{}", name.trim())),
+                None => (c, format!("{alias}.{c}")),
+            }
+        })
+        .collect();
+    let exprs: Vec<String> = WIDE
+        .iter()
+        .map(|(column, ty)| match (*column, present.get(column)) {
+            ("kind", _) => format!("'{kind}' as kind"),
+            (_, Some(expr)) => format!("{expr} as {column}"),
+            (_, None) => format!("null::{ty} as {column}"),
+        })
+        .collect();
+    format!("select {} from {from}", exprs.join(", "))
+}
+
+/// PostgreSQL: everything [`Store::read_batch`] reads (receipts,
+/// challenges, factors, security streaks, trusted devices) in one
+/// statement, one round trip instead of five. `$1` the receipts' ids, `$2`
+/// the challenges named, `$3` the users named, `$4` the trust tokens. The
+/// users whose factors and streaks it reads are those named and the
+/// owners of the challenges named, as in the reads one by one.
+static AT_ONCE: LazyLock<String> = LazyLock::new(|| {
+    let d = Dialect::Postgres;
+    let challenge_columns = prefixed("c", challenges::COLUMNS);
+    let parts = [
+        wide(
+            "receipt",
+            "r",
+            "tenant_id, webhook_id, body_sha256, status as receipt_status, answer_sealed",
+            &format!(
+                "{} cross join webhook_receipts r \
+                 where r.tenant_id = x.tenant_id and r.webhook_id = x.id",
+                source(d, 1, "x", &PAIR)
+            ),
+        ),
+        wide("challenge", "c", challenges::COLUMNS, "ch as c"),
+        wide(
+            "factor",
+            "f",
+            crate::store::factors::FACTOR_COLUMNS,
+            "u cross join factors f where f.tenant_id = u.tenant_id and f.user_id = u.id",
+        ),
+        wide(
+            "security",
+            "s",
+            "tenant_id, user_id, consecutive_failures, last_failure_at",
+            "u cross join user_security s where s.tenant_id = u.tenant_id and s.user_id = u.id",
+        ),
+        wide(
+            "device",
+            "t",
+            crate::store::factors::DEVICE_COLUMNS,
+            &format!(
+                "{} cross join trusted_devices t \
+                 where t.tenant_id = k.tenant_id and t.token_hash = k.token_hash",
+                source(
+                    d,
+                    4,
+                    "k",
+                    &[("tenant_id", Ty::Text), ("token_hash", Ty::Hex)]
+                )
+            ),
+        ),
+    ];
+    format!(
+        "with n as (select * from {named}), s as (select * from {starting}), \
+         ch as (select {challenge_columns} from n cross join challenges c \
+                   where c.tenant_id = n.tenant_id and c.id = n.id \
+                union \
+                select {challenge_columns} from s cross join challenges c \
+                   where c.tenant_id = s.tenant_id and c.user_id = s.id and c.status = 'pending'), \
+         u as (select s.tenant_id, s.id from s \
+               union \
+               select c.tenant_id, c.user_id from n cross join ch c \
+                  where c.tenant_id = n.tenant_id and c.id = n.id) \
+         {} \
+         order by kind, tenant_id, user_id, created_at, id",
+        parts.join(" union all "),
+        named = source(d, 2, "n0", &PAIR),
+        starting = source(d, 3, "s0", &PAIR),
+    )
+});
+
 fn prefixed(alias: &str, columns: &str) -> String {
     columns
         .split(',')
@@ -185,7 +319,7 @@ struct ReceiptRow {
     tenant_id: String,
     webhook_id: String,
     body_sha256: Vec<u8>,
-    status: i32,
+    receipt_status: i32,
     answer_sealed: Option<Vec<u8>>,
 }
 
@@ -208,20 +342,17 @@ struct CountRow {
 
 impl Store {
     /// Reads everything a batch decides on, except the send counts
-    /// ([`Store::read_send_counts`], which need the addresses' locks).
+    /// ([`Store::read_send_counts`], which need the addresses' locks): on
+    /// PostgreSQL in one statement ([`AT_ONCE`]), on SQLite (in-process,
+    /// where a statement costs no round trip) one table at a time.
     pub async fn read_batch(&self, tx: &mut Tx, items: &[&HotItem]) -> StoreResult<Snapshot> {
-        let d = dialect(tx);
+        let lists = Lists::of(items);
+        let read = match tx {
+            Tx::Postgres(conn) => read_at_once(conn, &lists).await?,
+            Tx::Sqlite(..) => read_one_by_one(tx, &lists).await?,
+        };
         let mut snap = Snapshot::default();
-        let receipts: Vec<Pair<'_>> = items
-            .iter()
-            .map(|i| Pair {
-                tenant_id: &i.tenant_id,
-                id: &i.webhook_id,
-            })
-            .collect();
-        let rows: Vec<ReceiptRow> =
-            fetch_rows(tx, RECEIPTS.get(d), vec![rows::array(&receipts)]).await?;
-        for row in rows {
+        for row in read.receipts {
             let answer = match &row.answer_sealed {
                 Some(sealed) => self.secret_box.open(
                     sealed,
@@ -233,68 +364,22 @@ impl Store {
                 key(&row.tenant_id, &row.webhook_id),
                 SeenReceipt {
                     body_sha256: row.body_sha256,
-                    status: u16::try_from(row.status).unwrap_or(500),
+                    status: u16::try_from(row.receipt_status).unwrap_or(500),
                     answer,
                 },
             );
         }
-        let named: Vec<Pair<'_>> = items
-            .iter()
-            .filter_map(|i| {
-                i.event.challenge_id().map(|id| Pair {
-                    tenant_id: &i.tenant_id,
-                    id,
-                })
-            })
-            .collect();
-        let starting: Vec<Pair<'_>> = items
-            .iter()
-            .filter_map(|i| {
-                i.event.user_id().map(|id| Pair {
-                    tenant_id: &i.tenant_id,
-                    id,
-                })
-            })
-            .collect();
-        let found: Vec<Challenge> = fetch_rows(
-            tx,
-            CHALLENGES.get(d),
-            vec![rows::array(&named), rows::array(&starting)],
-        )
-        .await?;
-        for challenge in found {
+        for challenge in read.challenges {
             snap.challenges
                 .insert(key(&challenge.tenant_id, &challenge.id), challenge);
         }
-        // The users: those named, and the owners of the challenges named.
-        let mut users: Vec<Key> = items
-            .iter()
-            .filter_map(|i| i.event.user_id().map(|u| key(&i.tenant_id, u)))
-            .collect();
-        users.extend(items.iter().filter_map(|i| {
-            let id = i.event.challenge_id()?;
-            let c = snap.challenges.get(&key(&i.tenant_id, id))?;
-            Some(key(&c.tenant_id, &c.user_id))
-        }));
-        users.sort();
-        users.dedup();
-        let user_pairs: Vec<Pair<'_>> = users
-            .iter()
-            .map(|(t, u)| Pair {
-                tenant_id: t,
-                id: u,
-            })
-            .collect();
-        let user_list = rows::array(&user_pairs);
-        let factors: Vec<Factor> = fetch_rows(tx, FACTORS.get(d), vec![user_list.clone()]).await?;
-        for factor in factors {
+        for factor in read.factors {
             snap.factors
                 .entry(key(&factor.tenant_id, &factor.user_id))
                 .or_default()
                 .push(factor);
         }
-        let streaks: Vec<SecurityRow> = fetch_rows(tx, SECURITY.get(d), vec![user_list]).await?;
-        for row in streaks {
+        for row in read.security {
             snap.security.insert(
                 key(&row.tenant_id, &row.user_id),
                 Security {
@@ -304,28 +389,11 @@ impl Store {
                 },
             );
         }
-        let tokens: Vec<Token<'_>> = items
-            .iter()
-            .filter_map(|i| match &i.event {
-                HotEvent::LoginStarted {
-                    token_hash: Some(hash),
-                    ..
-                } => Some(Token {
-                    tenant_id: &i.tenant_id,
-                    token_hash: hash,
-                }),
-                _ => None,
-            })
-            .collect();
-        if !tokens.is_empty() {
-            let devices: Vec<TrustedDevice> =
-                fetch_rows(tx, DEVICES.get(d), vec![rows::array(&tokens)]).await?;
-            for device in devices {
-                snap.devices.insert(
-                    (device.tenant_id.clone(), device.token_hash.clone()),
-                    device,
-                );
-            }
+        for device in read.devices {
+            snap.devices.insert(
+                (device.tenant_id.clone(), device.token_hash.clone()),
+                device,
+            );
         }
         snap.tenants = self.read_tenants(tx, items).await?;
         Ok(snap)
@@ -424,4 +492,153 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// What a batch's webhooks name, as the JSON lists its reads take.
+struct Lists {
+    /// Each webhook's id (its receipt).
+    receipts: String,
+    /// The challenges named (verifies, resends).
+    named: String,
+    /// The users named (logins, enrollments).
+    starting: String,
+    /// The trust tokens of logins that carry one.
+    tokens: String,
+    /// Whether `tokens` is not empty.
+    any_token: bool,
+    /// The challenges named, as keys.
+    named_keys: std::collections::HashSet<Key>,
+    /// The users named, as keys.
+    users: Vec<Key>,
+}
+
+impl Lists {
+    fn of(items: &[&HotItem]) -> Self {
+        let receipts: Vec<Pair<'_>> = items
+            .iter()
+            .map(|i| Pair {
+                tenant_id: &i.tenant_id,
+                id: &i.webhook_id,
+            })
+            .collect();
+        let named_by = |id_of: fn(&HotEvent) -> Option<&str>| -> Vec<Pair<'_>> {
+            items
+                .iter()
+                .filter_map(|i| {
+                    id_of(&i.event).map(|id| Pair {
+                        tenant_id: &i.tenant_id,
+                        id,
+                    })
+                })
+                .collect()
+        };
+        let named = named_by(HotEvent::challenge_id);
+        let starting = named_by(HotEvent::user_id);
+        let tokens: Vec<Token<'_>> = items
+            .iter()
+            .filter_map(|i| match &i.event {
+                HotEvent::LoginStarted {
+                    token_hash: Some(hash),
+                    ..
+                } => Some(Token {
+                    tenant_id: &i.tenant_id,
+                    token_hash: hash,
+                }),
+                _ => None,
+            })
+            .collect();
+        Self {
+            receipts: rows::array(&receipts),
+            named: rows::array(&named),
+            starting: rows::array(&starting),
+            any_token: !tokens.is_empty(),
+            tokens: rows::array(&tokens),
+            named_keys: named.iter().map(|p| key(p.tenant_id, p.id)).collect(),
+            users: starting.iter().map(|p| key(p.tenant_id, p.id)).collect(),
+        }
+    }
+}
+
+/// The rows a batch read, table by table.
+#[derive(Default)]
+struct Read {
+    receipts: Vec<ReceiptRow>,
+    challenges: Vec<Challenge>,
+    factors: Vec<Factor>,
+    security: Vec<SecurityRow>,
+    devices: Vec<TrustedDevice>,
+}
+
+/// PostgreSQL: [`AT_ONCE`], its rows sorted back into their tables.
+async fn read_at_once(conn: &mut sqlx::PgConnection, lists: &Lists) -> StoreResult<Read> {
+    use sqlx::{FromRow, Row};
+    let rows = sqlx::query(AT_ONCE.as_str())
+        .bind(&lists.receipts)
+        .bind(&lists.named)
+        .bind(&lists.starting)
+        .bind(&lists.tokens)
+        .fetch_all(conn)
+        .await?;
+    let mut read = Read::default();
+    for row in &rows {
+        let kind: &str = row.try_get("kind")?;
+        match kind {
+            "receipt" => read.receipts.push(ReceiptRow::from_row(row)?),
+            "challenge" => read.challenges.push(Challenge::from_row(row)?),
+            "factor" => read.factors.push(Factor::from_row(row)?),
+            "security" => read.security.push(SecurityRow::from_row(row)?),
+            "device" => read.devices.push(TrustedDevice::from_row(row)?),
+            other => {
+                return Err(
+                    sqlx::Error::Protocol(format!("a batch read a row of kind {other}")).into(),
+                );
+            }
+        }
+    }
+    Ok(read)
+}
+
+/// SQLite: one statement per table, the users' after the challenges'
+/// (whose owners they include).
+async fn read_one_by_one(tx: &mut Tx, lists: &Lists) -> StoreResult<Read> {
+    let d = dialect(tx);
+    let receipts = fetch_rows(tx, RECEIPTS.get(d), vec![lists.receipts.clone()]).await?;
+    let challenges: Vec<Challenge> = fetch_rows(
+        tx,
+        CHALLENGES.get(d),
+        vec![lists.named.clone(), lists.starting.clone()],
+    )
+    .await?;
+    // The users: those named, and the owners of the challenges named.
+    let mut users = lists.users.clone();
+    users.extend(
+        challenges
+            .iter()
+            .filter(|c| lists.named_keys.contains(&key(&c.tenant_id, &c.id)))
+            .map(|c| key(&c.tenant_id, &c.user_id)),
+    );
+    users.sort();
+    users.dedup();
+    let user_pairs: Vec<Pair<'_>> = users
+        .iter()
+        .map(|(t, u)| Pair {
+            tenant_id: t,
+            id: u,
+        })
+        .collect();
+    let user_list = rows::array(&user_pairs);
+    let factors = fetch_rows(tx, FACTORS.get(d), vec![user_list.clone()]).await?;
+    let security = fetch_rows(tx, SECURITY.get(d), vec![user_list]).await?;
+    let devices = if lists.any_token {
+        fetch_rows(tx, DEVICES.get(d), vec![lists.tokens.clone()]).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Read {
+        receipts,
+        challenges,
+        factors,
+        security,
+        devices,
+    })
 }

@@ -320,6 +320,31 @@ impl Queue {
         self.push_tasks(due_tasks(&jobs)?, true).await
     }
 
+    /// Whether jobs live apart from the database (Redis): then
+    /// [`Queue::push_apart`] may run beside the statements of the
+    /// transaction that calls for them instead of inside it.
+    pub fn pushes_apart(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
+    }
+
+    /// [`Queue::push_with`] for a queue apart from the database (see
+    /// [`Queue::pushes_apart`]), without the transaction: pushed now, nobody
+    /// woken. The caller pushes before it commits and wakes the workers
+    /// after, as with [`Queue::push_with`]. With the database as the queue
+    /// this refuses: the jobs must go through the transaction.
+    #[tracing::instrument(skip_all, fields(jobs = jobs.len(), queue.backend = self.backend_name()))]
+    pub async fn push_apart(&self, jobs: Vec<EmailJob>) -> Result<(), QueueError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        if !self.pushes_apart() {
+            return Err(QueueError::Other(
+                "jobs in the database go through the transaction".into(),
+            ));
+        }
+        self.push_tasks(due_tasks(&jobs)?, false).await
+    }
+
     /// Pushes jobs to run now as part of the caller's transaction `tx`.
     ///
     /// With the database as the queue the jobs are inserted through `tx`
