@@ -110,8 +110,11 @@ pub fn verify<'a>(
     if !matched {
         return Err(SignatureError::NoMatch);
     }
+    // Compared without a sign: `abs()` of a saturated distance overflows
+    // (`i64::MIN` stays negative), which let a signed call with a timestamp
+    // near `i64::MIN` through.
     let skew = timestamp.saturating_sub(now);
-    if skew.abs() > tolerance_seconds {
+    if skew.unsigned_abs() > tolerance_seconds.max(0).unsigned_abs() {
         return Err(SignatureError::OutOfTolerance {
             skew,
             tolerance: tolerance_seconds,
@@ -179,6 +182,50 @@ mod tests {
                 tolerance: 300
             })
         );
+    }
+
+    #[test]
+    fn a_correct_signature_with_an_extreme_timestamp_is_refused_whatever_its_sign() {
+        let key = b"k".to_vec();
+        for ts in [
+            i64::MIN,
+            i64::MIN + 1,
+            -NOW,
+            -1,
+            0,
+            NOW - 301,
+            NOW + 301,
+            i64::MAX - 1,
+            i64::MAX,
+        ] {
+            let sig = sign(&key, "m", ts, b"b");
+            let text = ts.to_string();
+            let verdict = verify(
+                headers("m", &text, &sig),
+                b"b",
+                std::slice::from_ref(&key),
+                NOW,
+                300,
+            );
+            assert!(
+                matches!(verdict, Err(SignatureError::OutOfTolerance { .. })),
+                "timestamp {ts}: {verdict:?}"
+            );
+        }
+        for ts in [NOW - 300, NOW, NOW + 300] {
+            let sig = sign(&key, "m", ts, b"b");
+            let text = ts.to_string();
+            assert_eq!(
+                verify(
+                    headers("m", &text, &sig),
+                    b"b",
+                    std::slice::from_ref(&key),
+                    NOW,
+                    300
+                ),
+                Ok(("m", ts))
+            );
+        }
     }
 
     #[test]

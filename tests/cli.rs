@@ -131,6 +131,43 @@ fn tenant_create_prints_the_secret_alone_on_its_last_line_and_list_never_shows_i
     assert!(!listed.contains(&secret[6..20]) && !listed.contains(&new_secret[6..20]));
 }
 
+/// Operator input that would break mail or the binary is refused with a
+/// clear error: a tenant name with a line break (it becomes the sender
+/// name of the tenant's emails), an overlap too long to be a date.
+#[test]
+fn tenant_commands_refuse_names_and_overlaps_that_cannot_work() {
+    let dir = tempfile::tempdir().expect("dir");
+    // A usage error (exit 2) whose message names the option.
+    let refused = |args: &[&str], option: &str| {
+        let output = run(dir.path(), &[], args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(stderr(&output).contains(option), "{}", stderr(&output));
+    };
+    let long = "x".repeat(101);
+    for name in ["Acme\nBcc: x@evil.test", "Acme\rShop", "", "   ", &long] {
+        refused(&["tenant", "create", "acme-shop", "--name", name], "--name");
+    }
+    let created = run(dir.path(), &[], &["tenant", "create", "acme-shop"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    for overlap in ["1000000years", "366d", "soon"] {
+        refused(
+            &["tenant", "rotate-secret", "acme-shop", "--overlap", overlap],
+            "--overlap",
+        );
+    }
+    let year = run(
+        dir.path(),
+        &[],
+        &["tenant", "rotate-secret", "acme-shop", "--overlap", "365d"],
+    );
+    assert!(year.status.success(), "{}", stderr(&year));
+}
+
 /// CI exports `EMAIL2FA_TEST_*` for the test suite; a service started in the
 /// same shell must ignore them (the benchmark's smoke run found it did not).
 #[test]

@@ -81,6 +81,7 @@ on_both_backends!(
     racing_enrollment_verifications_create_one_factor,
     twenty_failures_across_challenges_pause_new_codes,
     removing_the_factor_turns_2fa_off_and_notifies_the_address,
+    removing_the_factor_closes_its_open_login_challenges,
     the_toggles_and_require_decide_the_login,
     enrollment_is_refused_while_the_role_is_inactive,
     the_send_limits_and_the_lockout_answer_429,
@@ -490,6 +491,59 @@ async fn removing_the_factor_turns_2fa_off_and_notifies_the_address(app: TestApp
     assert_eq!(nothing, json!({"removed": 0, "revoked_devices": 0}));
 }
 
+async fn removing_the_factor_closes_its_open_login_challenges(app: TestApp) {
+    ready(&app).await;
+    // A login whose code reached the inbox before the removal.
+    enroll(&app, customer("c1"), Some("c1@shop.example"), 1).await;
+    let challenge = login_challenge(&app, customer("c1")).await;
+    let code = code_in(&app.mail_for("c1@shop.example", 2).await);
+    let removed = app
+        .post_signed("factor.removed", json!({"user_id": "c1"}))
+        .await;
+    assert_eq!(removed.status, 200, "{:?}", removed.json());
+    let verify = app
+        .post_signed(
+            "login.verify",
+            json!({"challenge_id": challenge, "code": code}),
+        )
+        .await;
+    assert_eq!(verify.json()["outcome"], "expired", "{:?}", verify.json());
+
+    // A login whose code is still queued at the removal (the mail server
+    // is down): the code email is discarded, never sent.
+    enroll(&app, customer("c2"), Some("c2@shop.example"), 1).await;
+    app.sink.stop().await;
+    login_challenge(&app, customer("c2")).await;
+    app.post_signed("factor.removed", json!({"user_id": "c2"}))
+        .await;
+    app.sink.restart().await.expect("sink back");
+    let discarded = "select count(*) from deliveries where user_id = 'c2' and kind = 'login_code' \
+         and status = 'discarded'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app.count(discarded).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queued code email was not discarded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The removal notice arrives; the code never does.
+    let notice = app.mail_for("c2@shop.example", 2).await;
+    assert!(
+        String::from_utf8_lossy(&notice.data)
+            .to_lowercase()
+            .contains("removed")
+    );
+    assert_eq!(
+        app.count(
+            "select count(*) from deliveries where user_id = 'c2' and kind = 'login_code' \
+             and status = 'sent'"
+        )
+        .await,
+        0
+    );
+}
+
 async fn the_toggles_and_require_decide_the_login(app: TestApp) {
     app.configure_mail(json!({})).await;
     let inactive = app
@@ -500,16 +554,21 @@ async fn the_toggles_and_require_decide_the_login(app: TestApp) {
         inactive,
         json!({"decision": "allow", "reason": "2fa_inactive"})
     );
-    // Require only counts while admin 2FA is allowed.
+    // Admins cannot be required while 2FA is off for them: refused, and
+    // nothing changes.
     app.post_signed("settings.updated", json!({"require_admin_2fa": true}))
-        .await;
+        .await
+        .assert_problem(422, "validation_failed");
     let still = app
         .post_signed("login.started", json!({"user": admin("a1")}))
         .await
         .json();
     assert_eq!(still["reason"], "2fa_inactive");
-    app.post_signed("settings.updated", json!({"admin_2fa_allowed": true}))
-        .await;
+    app.post_signed(
+        "settings.updated",
+        json!({"admin_2fa_allowed": true, "require_admin_2fa": true}),
+    )
+    .await;
     let required = app
         .post_signed("login.started", json!({"user": admin("a1")}))
         .await
@@ -540,8 +599,11 @@ async fn the_toggles_and_require_decide_the_login(app: TestApp) {
 
     // An enrolled admin whose role is switched to Inactive logs in without a code.
     enroll(&app, admin("a1"), None, 1).await;
-    app.post_signed("settings.updated", json!({"admin_2fa_allowed": false}))
-        .await;
+    app.post_signed(
+        "settings.updated",
+        json!({"admin_2fa_allowed": false, "require_admin_2fa": false}),
+    )
+    .await;
     let off = app
         .post_signed("login.started", json!({"user": admin("a1")}))
         .await

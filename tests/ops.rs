@@ -6,13 +6,17 @@
 mod common;
 
 use base64::Engine as _;
-use common::ops::{TOKEN, collect, dead_letters, ops, ready, sqlite_app, start_enrollment, verify};
+use common::ops::{
+    TOKEN, collect, dead_letters, ops, ready, resend_kind, sqlite_app, start_enrollment, verify,
+};
 use common::{TestApp, code_in};
 use serde_json::json;
 
 on_every_queue_with_ops!(
     an_smtp_outage_leaves_dead_letters_and_a_bulk_resend_after_recovery_delivers_fresh_codes,
     a_closed_challenge_is_refused_and_discard_removes_the_letter,
+    an_operators_resend_does_not_count_against_the_users_send_limits,
+    odd_bytes_in_ops_input_are_refused_by_name_not_passed_to_the_database,
 );
 
 async fn an_smtp_outage_leaves_dead_letters_and_a_bulk_resend_after_recovery_delivers_fresh_codes(
@@ -73,15 +77,7 @@ async fn an_smtp_outage_leaves_dead_letters_and_a_bulk_resend_after_recovery_del
     assert!(dead_letters(&app, "?kind=login_code").await.is_empty());
 
     app.sink.restart().await.expect("sink back");
-    let bulk = ops(
-        &app,
-        reqwest::Method::POST,
-        "/ops/dead-letters/resend",
-        Some(json!({"kind": "enrollment_code"})),
-    )
-    .await;
-    let answer = bulk.json();
-    assert_eq!(bulk.status, 200, "{answer}");
+    let answer = resend_kind(&app, "enrollment_code").await;
     assert_eq!(
         answer["resent"].as_array().expect("resent").len(),
         2,
@@ -111,6 +107,61 @@ async fn an_smtp_outage_leaves_dead_letters_and_a_bulk_resend_after_recovery_del
             .await,
         2
     );
+}
+
+async fn an_operators_resend_does_not_count_against_the_users_send_limits(app: TestApp) {
+    ready(&app).await;
+    app.sink.stop().await;
+    let (_, dead) = start_enrollment(&app, "c1").await;
+    assert_eq!(app.wait_delivery(&dead, "dead").await, "dead");
+    app.sink.restart().await.expect("sink back");
+    let answer = resend_kind(&app, "enrollment_code").await;
+    assert_eq!(answer["resent"].as_array().expect("resent").len(), 1);
+    // Five codes per user: the dead send was the first; the operator's
+    // resend is not counted, so four more pass and the next is refused.
+    for _ in 0..4 {
+        start_enrollment(&app, "c1").await;
+    }
+    let over = app
+        .post_signed(
+            "enrollment.started",
+            json!({"user": {"id": "c1", "role": "customer"}, "email": "c1@shop.example"}),
+        )
+        .await;
+    over.assert_problem(429, "rate_limited");
+}
+
+async fn odd_bytes_in_ops_input_are_refused_by_name_not_passed_to_the_database(app: TestApp) {
+    let list = ops(
+        &app,
+        reqwest::Method::GET,
+        "/ops/dead-letters?tenant=acme%00",
+        None,
+    )
+    .await;
+    assert_eq!(
+        list.assert_problem(422, "validation_failed")["errors"][0]["field"],
+        "tenant"
+    );
+    let bulk = ops(
+        &app,
+        reqwest::Method::POST,
+        "/ops/dead-letters/resend",
+        Some(json!({"tenant_id": "acme\u{0}"})),
+    )
+    .await;
+    assert_eq!(
+        bulk.assert_problem(422, "validation_failed")["errors"][0]["field"],
+        "tenant_id"
+    );
+    for (method, path) in [
+        (reqwest::Method::POST, "/ops/dead-letters/a%00b/resend"),
+        (reqwest::Method::DELETE, "/ops/dead-letters/a%00b"),
+    ] {
+        ops(&app, method, path, None)
+            .await
+            .assert_problem(404, "dead_letter_not_found");
+    }
 }
 
 async fn a_closed_challenge_is_refused_and_discard_removes_the_letter(app: TestApp) {

@@ -250,10 +250,12 @@ mod two_workers_share_a_burst_and_send_each_message_once {
 
     async fn scenario(app: TestApp) {
         let n = 200;
-        burst(&app, n).await;
+        // Both running before the burst: a worker started first drains a
+        // queued burst of 200 before the second one is up.
         let env = worker_env(&app);
         let first = start_worker(&app, &env);
         let second = start_worker(&app, &env);
+        burst(&app, n).await;
         wait_until("every message", Duration::from_secs(120), || {
             app.sink.count() >= n
         })

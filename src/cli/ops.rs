@@ -33,6 +33,13 @@ pub struct Filter {
     since: Option<String>,
 }
 
+impl Filter {
+    /// The filter, or the operator's mistakes, each named.
+    fn build(self) -> anyhow::Result<email2fa_workers::dead_letters::DeadLetterFilter> {
+        ops::filter("--tenant", self.tenant, self.kind, self.since.as_deref()).map_err(explain)
+    }
+}
+
 /// `email2fa dlq …`.
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -110,8 +117,7 @@ impl DlqCommand {
                 limit,
                 json,
             } => {
-                let filter = ops::filter(filter.tenant, filter.kind, filter.since.as_deref())
-                    .map_err(explain)?;
+                let filter = filter.build()?;
                 let page = ops::list(&store, filter, limit, None)
                     .await
                     .map_err(explain)?;
@@ -124,8 +130,7 @@ impl DlqCommand {
             Self::Resend { id, all, filter } => {
                 let queue = crate::app::open_queue(settings, &store).await?;
                 if all {
-                    let filter = ops::filter(filter.tenant, filter.kind, filter.since.as_deref())
-                        .map_err(explain)?;
+                    let filter = filter.build()?;
                     let answer = ops::resend_matching(&store, &queue, &filter)
                         .await
                         .map_err(explain)?;

@@ -17,16 +17,19 @@ pub enum TenantCommand {
     Create {
         /// Tenant id: lowercase letters, digits and dashes (^[a-z0-9][a-z0-9-]{0,62}$).
         id: String,
-        /// Display name (defaults to the id).
-        #[arg(long)]
+        /// Display name (defaults to the id): 1–100 characters, no line
+        /// breaks or other control characters (it can become an email's
+        /// sender name).
+        #[arg(long, value_parser = parse_name)]
         name: Option<String>,
     },
     /// Add a new signing secret; older ones stay valid for the overlap.
     RotateSecret {
         /// Tenant id.
         id: String,
-        /// How long the previous secrets stay valid (e.g. 24h, 30m, 7d).
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        /// How long the previous secrets stay valid (e.g. 24h, 30m, 7d; at
+        /// most 365d).
+        #[arg(long, default_value = "24h", value_parser = parse_overlap)]
         overlap: Duration,
     },
     /// List tenants and the validity of their secrets (never the secrets).
@@ -55,7 +58,8 @@ impl TenantCommand {
             }
             Self::RotateSecret { id, overlap } => {
                 let secret = crypto::new_signing_secret();
-                let seconds = i64::try_from(overlap.as_secs()).unwrap_or(i64::MAX / 2);
+                // At most a year (`parse_overlap`): fits an i64 and a date.
+                let seconds = i64::try_from(overlap.as_secs()).unwrap_or(MAX_OVERLAP_SECONDS);
                 let until = Timestamp::now().plus_seconds(seconds);
                 match store.rotate_secret(&id, &secret, until).await {
                     Err(StoreError::NotFound) => bail!("no tenant {id:?}"),
@@ -70,6 +74,30 @@ impl TenantCommand {
         }
         Ok(())
     }
+}
+
+/// The longest `--overlap`: a year.
+const MAX_OVERLAP_SECONDS: i64 = 365 * 24 * 3600;
+
+/// `--overlap`: a duration of at most [`MAX_OVERLAP_SECONDS`].
+fn parse_overlap(text: &str) -> Result<Duration, String> {
+    let overlap = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if overlap.as_secs() > MAX_OVERLAP_SECONDS.unsigned_abs() {
+        return Err("at most 365d: a longer overlap keeps a replaced secret valid for good".into());
+    }
+    Ok(overlap)
+}
+
+/// `--name`: 1–100 characters, none of them a control character.
+fn parse_name(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err("1 to 100 characters".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("no line breaks or other control characters".into());
+    }
+    Ok(name.to_string())
 }
 
 async fn print_tenants(store: &crate::store::Store) -> anyhow::Result<()> {

@@ -32,8 +32,9 @@ pub struct StatusAnswer {
     pub trusted_devices: Vec<TrustedDevice>,
 }
 
-/// Removes one or all factors, revokes the trusted devices, and queues the
-/// security notice to each removed address.
+/// Removes one or all factors, closes the login challenges that send to
+/// them, revokes the trusted devices, and queues the security notice to
+/// each removed address.
 pub async fn factor_removed(
     ctx: &mut EventContext<'_>,
     event: UserScoped,
@@ -58,6 +59,11 @@ pub async fn factor_removed(
             .await?
     };
     for factor in &removed {
+        // A login challenge opened before the removal must not let the
+        // user in with the removed factor's code.
+        ctx.store
+            .expire_login_challenges(ctx.tx, ctx.tenant_id, &event.user_id, &factor.email, now)
+            .await?;
         let delivery = NewDelivery {
             id: new_delivery_id(),
             tenant_id: ctx.tenant_id.to_string(),

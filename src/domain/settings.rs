@@ -12,6 +12,7 @@ pub async fn updated(
     update.validate()?;
     let current = ctx.store.settings_in(ctx.tx, ctx.tenant_id).await?;
     let mut next = update.apply_to(&current);
+    SettingsUpdated::check_result(&next)?;
     next.updated_at = Timestamp::now();
     ctx.store.write_settings(ctx.tx, &next).await?;
     Ok(next)

@@ -53,6 +53,26 @@ impl SettingsUpdated {
         checks.finish()
     }
 
+    /// Refuses settings that say admins are required to use 2FA while the
+    /// feature is off for them ("Require 2FA for Admin Users" on, the Admin
+    /// "Allowed" toggle off), naming both fields, whichever of them this
+    /// update changed: the host turns the toggle on first (or in the same
+    /// update), and turns the requirement off before the toggle.
+    pub fn check_result(next: &TenantSettings) -> Result<(), Vec<FieldError>> {
+        let mut checks = Checks::new();
+        if next.require_admin_2fa && !next.admin_2fa_allowed {
+            checks.fail(
+                "require_admin_2fa",
+                "cannot be on while admin_2fa_allowed is off; allow 2FA for admins first (or in the same update)",
+            );
+            checks.fail(
+                "admin_2fa_allowed",
+                "cannot be off while require_admin_2fa is on; turn require_admin_2fa off first (or in the same update)",
+            );
+        }
+        checks.finish()
+    }
+
     /// The settings after this update (call [`Self::validate`] first).
     pub fn apply_to(&self, current: &TenantSettings) -> TenantSettings {
         // Ranges are validated, so the narrowing casts cannot truncate.

@@ -106,18 +106,12 @@ impl Checks {
         self.text(field, value, 1, 128);
     }
 
-    /// A single email address (`local@domain`), at most 254 characters.
+    /// A single email address (`local@domain`, at most 254 characters, no
+    /// quoted local part): [`email2fa_workers::address::recipient`], the
+    /// parser the workers send with, so that what passes here can be sent.
     pub fn email(&mut self, field: &str, value: &str) {
-        if value.len() > 254 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            self.fail(
-                field,
-                "must be a single email address such as jane@example.com",
-            );
-        } else if value.parse::<lettre::Address>().is_err() {
-            self.fail(
-                field,
-                "is not a valid email address (expected local@domain)",
-            );
+        if let Err(error) = email2fa_workers::address::recipient(value) {
+            self.fail(field, error.to_string());
         }
     }
 

@@ -63,10 +63,14 @@ pub fn is_valid_tenant_id(id: &str) -> bool {
 )]
 pub async fn receive(
     State(state): State<AppState>,
-    Path(tenant_id): Path<String>,
+    tenant_id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // A path that is not UTF-8 names no tenant: `unknown_tenant` as
+    // problem+json, like any other unknown tenant (axum's own rejection
+    // is a 400 in plain text).
+    let tenant_id = tenant_id.map_or_else(|_| String::new(), |Path(id)| id);
     let span = tracing::Span::current();
     let (started, mut event_type) = (std::time::Instant::now(), "unknown");
     let result = handle(&state, &tenant_id, &headers, body, &mut event_type).await;

@@ -176,12 +176,25 @@ pub fn mask_recipient(address: &str) -> String {
 }
 
 /// Builds a filter from operator input, naming each bad field.
+///
+/// A tenant that is not a tenant id (a NUL byte, say, which PostgreSQL
+/// refuses in text) is refused naming `tenant_field`, not passed on.
 pub fn filter(
+    tenant_field: &'static str,
     tenant: Option<String>,
     kind: Option<String>,
     since: Option<&str>,
 ) -> Result<DeadLetterFilter, OpsError> {
     let mut errors = Vec::new();
+    if let Some(tenant) = tenant.as_deref()
+        && !tenant.is_empty()
+        && !crate::http::is_valid_tenant_id(tenant)
+    {
+        errors.push(FieldError::new(
+            tenant_field,
+            "must be a tenant id: lowercase letters, digits and dashes",
+        ));
+    }
     if let Some(kind) = &kind
         && !KINDS.contains(&kind.as_str())
     {
@@ -263,7 +276,17 @@ fn decode_cursor(cursor: &str) -> Option<(Timestamp, String)> {
     let text = String::from_utf8(bytes).ok()?;
     let (micros, id) = text.split_once('.')?;
     let at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-    (!id.is_empty()).then(|| (Timestamp::from(at), id.to_string()))
+    is_plausible_id(id).then(|| (Timestamp::from(at), id.to_string()))
+}
+
+/// Whether `id` could be one of this service's ids (a ULID; at most 64
+/// ASCII letters, digits, `-` and `_`): anything else is unknown without
+/// asking the database (which refuses a NUL byte in text with an error).
+pub fn is_plausible_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -302,12 +325,35 @@ mod tests {
 
     #[test]
     fn filters_name_each_bad_field() {
-        let Err(OpsError::Invalid(errors)) = filter(None, Some("sms".into()), Some("yesterday"))
-        else {
+        let Err(OpsError::Invalid(errors)) = filter(
+            "tenant",
+            Some("acme\0".into()),
+            Some("sms".into()),
+            Some("yesterday"),
+        ) else {
             panic!("refused");
         };
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["kind", "since"]);
-        assert!(filter(Some("acme".into()), None, Some("2026-11-28T07:00:00Z")).is_ok());
+        assert_eq!(fields, ["tenant", "kind", "since"]);
+        assert!(
+            filter(
+                "tenant",
+                Some("acme".into()),
+                None,
+                Some("2026-11-28T07:00:00Z")
+            )
+            .is_ok()
+        );
+        assert!(filter("tenant", Some(String::new()), None, None).is_ok());
+    }
+
+    #[test]
+    fn only_plausible_ids_reach_the_database() {
+        assert!(is_plausible_id("01KC0Y8S3M9Q5V3B6X2N4R7T1W"));
+        for id in ["", "a\0b", "a b", "../x", &"x".repeat(65)] {
+            assert!(!is_plausible_id(id), "{id:?}");
+        }
+        let cursor = URL_SAFE_NO_PAD.encode("12.a\0b");
+        assert_eq!(decode_cursor(&cursor), None);
     }
 }

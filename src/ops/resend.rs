@@ -24,6 +24,9 @@ use crate::store::{Store, Timestamp, Tx};
 /// Queues dead letter `id` again; returns the new delivery's id.
 #[tracing::instrument(skip_all, fields(dead_letter.id = %id))]
 pub async fn resend(store: &Store, queue: &Queue, id: &str) -> Result<String, OpsError> {
+    if !super::is_plausible_id(id) {
+        return Err(OpsError::NotFound(id.to_string()));
+    }
     let mut tx = store.begin().await?;
     match resend_in(store, &mut tx, id, Timestamp::now()).await {
         Ok(delivery_id) => {
@@ -138,6 +141,9 @@ fn kind_name(kind: &str) -> &'static str {
 /// Discards dead letter `id`: resolved as `discarded`, its delivery too.
 #[tracing::instrument(skip_all, fields(dead_letter.id = %id))]
 pub async fn discard(store: &Store, id: &str) -> Result<(), OpsError> {
+    if !super::is_plausible_id(id) {
+        return Err(OpsError::NotFound(id.to_string()));
+    }
     let now = Timestamp::now();
     let mut tx = store.begin().await?;
     let Some(letter) = dead_letters::resolve(&mut tx, id, "discarded", now).await? else {

@@ -97,6 +97,26 @@ impl Store {
         )
     }
 
+    /// Closes the user's pending login challenges that send their codes to
+    /// `email` (a removed factor's address) as `expired`; returns how many.
+    /// Their verify then answers `expired`, and the worker discards their
+    /// queued code emails (it sends only for a pending challenge).
+    pub async fn expire_login_challenges(
+        &self,
+        tx: &mut Tx,
+        tenant_id: &str,
+        user_id: &str,
+        email: &str,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        Ok(with_tx!(tx, conn => sqlx::query(
+            "update challenges set status = 'expired', closed_at = $4, updated_at = $4 \
+             where tenant_id = $1 and user_id = $2 and purpose = 'login' \
+                and status = 'pending' and email = $3")
+            .bind(tenant_id).bind(user_id).bind(email).bind(now)
+            .execute(conn).await.map(|done| done.rows_affected()))?)
+    }
+
     /// Revokes one or all of a user's live trusted devices; returns how many.
     pub async fn revoke_trusted_devices(
         &self,

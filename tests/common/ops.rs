@@ -136,3 +136,18 @@ pub async fn verify(app: &TestApp, challenge: &str, code: &str) -> Value {
     .await
     .json()
 }
+
+/// `POST /ops/dead-letters/resend` for every letter of `kind`; the answer,
+/// after checking it is a 200.
+pub async fn resend_kind(app: &TestApp, kind: &str) -> Value {
+    let bulk = ops(
+        app,
+        reqwest::Method::POST,
+        "/ops/dead-letters/resend",
+        Some(json!({ "kind": kind })),
+    )
+    .await;
+    let answer = bulk.json();
+    assert_eq!(bulk.status, 200, "{answer}");
+    answer
+}

@@ -358,10 +358,11 @@ impl<S: MessageSource> Engine<S> {
                 &prepared.context,
             )
             .map_err(|e| e.to_string())?;
-        let to: Mailbox = delivery
-            .recipient
-            .parse()
-            .map_err(|_| "the recipient is not a valid address".to_string())?;
+        let to = Mailbox::new(
+            None,
+            crate::address::recipient(&delivery.recipient)
+                .map_err(|e| format!("the recipient {e}"))?,
+        );
         build_message(&prepared.from, &to, &rendered, &rendered.locale).map_err(|e| e.to_string())
     }
 

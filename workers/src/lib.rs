@@ -12,6 +12,7 @@
 //! [`sink`] is an in-memory SMTP server for the end-to-end tests and the
 //! benchmark; it is a test and benchmark tool, not part of the delivery path.
 
+pub mod address;
 mod batcher;
 pub mod db;
 pub mod dead_letters;

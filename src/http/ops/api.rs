@@ -62,7 +62,7 @@ pub async fn dead_letters(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    let filter = ops::filter(query.tenant, query.kind, query.since.as_deref())?;
+    let filter = ops::filter("tenant", query.tenant, query.kind, query.since.as_deref())?;
     let limit = match query.limit.as_deref() {
         None | Some("") => 50,
         Some(text) => text.parse().unwrap_or(0),
@@ -129,7 +129,12 @@ pub async fn resend_bulk(
             .map_err(|e| ApiError::MalformedPayload(format!("the body is not JSON: {e}")))?;
         crate::events::parse_data(&raw).map_err(ApiError::Validation)?
     };
-    let filter = ops::filter(body.tenant_id, body.kind, body.since.as_deref())?;
+    let filter = ops::filter(
+        "tenant_id",
+        body.tenant_id,
+        body.kind,
+        body.since.as_deref(),
+    )?;
     Ok(Json(
         ops::resend_matching(&state.store, &state.queue, &filter).await?,
     ))

@@ -119,7 +119,7 @@ async fn gather(state: &AppState) -> Result<Page, ApiError> {
     let activity = stats::provider_activity(db, since, 20)
         .await
         .map_err(store_error)?;
-    let filter = ops::filter(None, None, None)?;
+    let filter = ops::filter("tenant", None, None, None)?;
     let letters = ops::list(&state.store, filter, DEAD_LETTERS_SHOWN, None).await?;
     let unhealthy = state.ops.unhealthy_providers.as_ref().map(|probe| probe());
     let (sent_total, dead_total) = minutes

@@ -148,6 +148,9 @@ static PROVIDERS: LazyLock<Sql> = LazyLock::new(|| {
     })
 });
 
+/// The code sends of users and to addresses within their windows. An
+/// operator's resend of a dead letter (`resent_from` set) is not counted:
+/// the user never received the dead email and did not ask again.
 static COUNTS: LazyLock<Sql> = LazyLock::new(|| {
     Sql::new(|d| {
         let columns = [
@@ -160,11 +163,13 @@ static COUNTS: LazyLock<Sql> = LazyLock::new(|| {
                     min(d.created_at) as oldest \
              from {} left join deliveries d on d.tenant_id = x.tenant_id and d.user_id = x.id \
                 and d.created_at > x.since and d.kind in ('enrollment_code', 'login_code') \
+                and d.resent_from is null \
              group by x.tenant_id, x.id \
              union all \
              select 'recipient', y.tenant_id, y.id, count(d.id), min(d.created_at) \
              from {} left join deliveries d on d.tenant_id = y.tenant_id and d.recipient = y.id \
                 and d.created_at > y.since and d.kind in ('enrollment_code', 'login_code') \
+                and d.resent_from is null \
              group by y.tenant_id, y.id",
             source(d, 1, "x", &columns),
             source(d, 2, "y", &columns)
@@ -243,11 +248,18 @@ fn wide(kind: &str, alias: &str, columns: &str, from: &str) -> String {
 /// statement, one round trip instead of five. `$1` the receipts' ids, `$2`
 /// the challenges named, `$3` the users named, `$4` the trust tokens. The
 /// users whose factors and streaks it reads are those named and the
-/// owners of the challenges named, as in the reads one by one.
-static AT_ONCE: LazyLock<String> = LazyLock::new(|| {
+/// owners of the challenges named, as in the reads one by one. Without
+/// `$4` and its part when no login carries a trust token
+/// ([`AT_ONCE_NO_TOKENS`]): every part costs executor set-up on every run.
+static AT_ONCE: LazyLock<String> = LazyLock::new(|| at_once(true));
+
+/// [`AT_ONCE`] for a batch without trust tokens.
+static AT_ONCE_NO_TOKENS: LazyLock<String> = LazyLock::new(|| at_once(false));
+
+fn at_once(tokens: bool) -> String {
     let d = Dialect::Postgres;
     let challenge_columns = prefixed("c", challenges::COLUMNS);
-    let parts = [
+    let mut parts = vec![
         wide(
             "receipt",
             "r",
@@ -271,13 +283,15 @@ static AT_ONCE: LazyLock<String> = LazyLock::new(|| {
             "tenant_id, user_id, consecutive_failures, last_failure_at",
             "u cross join user_security s where s.tenant_id = u.tenant_id and s.user_id = u.id",
         ),
-        wide(
+    ];
+    if tokens {
+        parts.push(wide(
             "device",
             "t",
             crate::store::factors::DEVICE_COLUMNS,
             &format!(
                 "{} cross join trusted_devices t \
-                 where t.tenant_id = k.tenant_id and t.token_hash = k.token_hash",
+                     where t.tenant_id = k.tenant_id and t.token_hash = k.token_hash",
                 source(
                     d,
                     4,
@@ -285,8 +299,8 @@ static AT_ONCE: LazyLock<String> = LazyLock::new(|| {
                     &[("tenant_id", Ty::Text), ("token_hash", Ty::Hex)]
                 )
             ),
-        ),
-    ];
+        ));
+    }
     format!(
         "with n as (select * from {named}), s as (select * from {starting}), \
          ch as (select {challenge_columns} from n cross join challenges c \
@@ -298,13 +312,12 @@ static AT_ONCE: LazyLock<String> = LazyLock::new(|| {
                union \
                select c.tenant_id, c.user_id from n cross join ch c \
                   where c.tenant_id = n.tenant_id and c.id = n.id) \
-         {} \
-         order by kind, tenant_id, user_id, created_at, id",
+         {}",
         parts.join(" union all "),
         named = source(d, 2, "n0", &PAIR),
         starting = source(d, 3, "s0", &PAIR),
     )
-});
+}
 
 fn prefixed(alias: &str, columns: &str) -> String {
     columns
@@ -572,13 +585,19 @@ struct Read {
 /// PostgreSQL: [`AT_ONCE`], its rows sorted back into their tables.
 async fn read_at_once(conn: &mut sqlx::PgConnection, lists: &Lists) -> StoreResult<Read> {
     use sqlx::{FromRow, Row};
-    let rows = sqlx::query(AT_ONCE.as_str())
+    let sql = if lists.any_token {
+        AT_ONCE.as_str()
+    } else {
+        AT_ONCE_NO_TOKENS.as_str()
+    };
+    let mut query = sqlx::query(sql)
         .bind(&lists.receipts)
         .bind(&lists.named)
-        .bind(&lists.starting)
-        .bind(&lists.tokens)
-        .fetch_all(conn)
-        .await?;
+        .bind(&lists.starting);
+    if lists.any_token {
+        query = query.bind(&lists.tokens);
+    }
+    let rows = query.fetch_all(conn).await?;
     let mut read = Read::default();
     for row in &rows {
         let kind: &str = row.try_get("kind")?;
@@ -595,6 +614,16 @@ async fn read_at_once(conn: &mut sqlx::PgConnection, lists: &Lists) -> StoreResu
             }
         }
     }
+    // A user's factors oldest first, as the reads one by one give them
+    // (sorted here rather than by a sort node in every run).
+    read.factors.sort_by(|a, b| {
+        (&a.tenant_id, &a.user_id, a.created_at, &a.id).cmp(&(
+            &b.tenant_id,
+            &b.user_id,
+            b.created_at,
+            &b.id,
+        ))
+    });
     Ok(read)
 }
 

@@ -258,32 +258,45 @@ fn statement(table: &Table, dialect: Dialect, n: usize) -> String {
         .replace("{src}", &source(dialect, n, "x", table.columns))
 }
 
-/// PostgreSQL: every table's statement as a CTE of one statement, which
-/// answers the counts of the guarded ones.
-static POSTGRES: LazyLock<String> = LazyLock::new(|| {
-    let ctes: Vec<String> = TABLES
-        .iter()
-        .enumerate()
-        .map(|(i, table)| {
+/// PostgreSQL: the statement of the tables that have rows (`present`, in
+/// the order of [`TABLES`]) as CTEs of one statement, over parameters
+/// `$1`… in that order, which answers the counts of the guarded ones (0
+/// for one with no rows). A table with no rows is left out rather than fed
+/// an empty list: each part costs executor set-up on every run. The few
+/// combinations that occur (a batch of logins writes receipts, challenges,
+/// deliveries, decisions and audit events) are each prepared once per
+/// connection.
+fn postgres_statement(present: &[bool]) -> String {
+    let mut ctes = Vec::new();
+    let mut counts = Vec::new();
+    let mut n = 0;
+    for (i, table) in TABLES.iter().enumerate() {
+        let here = present.get(i).copied().unwrap_or(false);
+        if here {
+            n += 1;
             let returning = if table.counted.is_some() {
                 " returning 1"
             } else {
                 ""
             };
-            format!(
+            ctes.push(format!(
                 "w{i} as ({}{returning})",
-                statement(table, Dialect::Postgres, i + 1)
-            )
-        })
-        .collect();
-    let counts: Vec<String> = TABLES
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.counted.is_some())
-        .map(|(i, _)| format!("(select count(*) from w{i})"))
-        .collect();
+                statement(table, Dialect::Postgres, n)
+            ));
+        }
+        if table.counted.is_some() {
+            counts.push(if here {
+                format!("(select count(*) from w{i})")
+            } else {
+                "0::bigint".to_string()
+            });
+        }
+    }
+    if ctes.is_empty() {
+        return format!("select {}", counts.join(", "));
+    }
     format!("with {} select {}", ctes.join(", "), counts.join(", "))
-});
+}
 
 /// SQLite: one statement per table, each over its own parameter `$1`.
 static SQLITE: LazyLock<Vec<String>> = LazyLock::new(|| {
@@ -305,11 +318,12 @@ impl Store {
         let params = self.params(writes, now);
         match dialect(tx) {
             Dialect::Postgres => {
-                let sql = sqlx::AssertSqlSafe(POSTGRES.as_str());
+                let present: Vec<bool> = params.iter().map(Option::is_some).collect();
+                let sql = sqlx::AssertSqlSafe(postgres_statement(&present));
                 let (receipts, challenge_updates): (i64, i64) = with_tx!(tx, conn => {
                     let mut query = sqlx::query_as(sql);
-                    for param in &params {
-                        query = query.bind(param.as_deref().unwrap_or("[]"));
+                    for param in params.iter().flatten() {
+                        query = query.bind(param);
                     }
                     query.fetch_one(conn).await
                 })?;

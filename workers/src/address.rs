@@ -1,0 +1,95 @@
+//! The one parser of a recipient address, used by the ingress (which
+//! refuses what it cannot send to, naming the field) and by the workers
+//! (which send to what it returns).
+//!
+//! An address is `local@domain` with a dot-atom local part: letters,
+//! digits, ``!#$%&'*+-/=?^_`{|}~`` and dots (none first, last or twice in
+//! a row), so a quoted local part such as `"x<a@b>"@example.com` (valid
+//! under RFC 5321, but read differently by every parser it meets and
+//! never used by a real mailbox) is refused before anything is written.
+//! The domain is lettre's to check (a host name or an address literal).
+
+use lettre::Address;
+
+/// The longest address SMTP carries (RFC 5321's path limit less `<>`).
+pub const MAX_LEN: usize = 254;
+
+/// Why a text is not a recipient address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// Empty, too long, or with white space or control characters.
+    #[error("must be a single email address such as jane@example.com")]
+    NotOne,
+    /// Not `local@domain` with a plain (dot-atom) local part and a valid domain.
+    #[error("is not a valid email address (expected local@domain, without quotes)")]
+    Invalid,
+}
+
+/// Parses a recipient address (see the module's documentation).
+pub fn recipient(text: &str) -> Result<Address, AddressError> {
+    if text.is_empty()
+        || text.len() > MAX_LEN
+        || text.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(AddressError::NotOne);
+    }
+    let (local, _domain) = text.rsplit_once('@').ok_or(AddressError::Invalid)?;
+    if !is_dot_atom(local) {
+        return Err(AddressError::Invalid);
+    }
+    text.parse::<Address>().map_err(|_| AddressError::Invalid)
+}
+
+/// RFC 5322's dot-atom: atoms of `atext` joined by single dots. Non-ASCII
+/// letters are allowed (RFC 6531's UTF-8 local parts).
+fn is_dot_atom(local: &str) -> bool {
+    let atext = |c: char| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii();
+    !local.is_empty()
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_addresses_parse() {
+        for ok in [
+            "jane@example.com",
+            "jane.doe+2fa@shop.example",
+            "o'brien@example.ie",
+            "jürgen@müller.example",
+            "x@[192.0.2.1]",
+        ] {
+            assert!(recipient(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn quoted_odd_or_several_addresses_are_refused() {
+        for (text, why) in [
+            (
+                "\"attacker.x@evil.test\"@example.com",
+                AddressError::Invalid,
+            ),
+            ("\"x<a@b>\"@example.com", AddressError::Invalid),
+            ("\"jane\"@example.com", AddressError::Invalid),
+            ("jane..doe@example.com", AddressError::Invalid),
+            (".jane@example.com", AddressError::Invalid),
+            ("jane.@example.com", AddressError::Invalid),
+            ("Jane <jane@example.com>", AddressError::NotOne),
+            ("jane@example.com,x@evil.test", AddressError::Invalid),
+            ("jane(comment)@example.com", AddressError::Invalid),
+            ("jane@example.com\r\nBcc: x@evil.test", AddressError::NotOne),
+            ("not-an-address", AddressError::Invalid),
+            ("@example.com", AddressError::Invalid),
+            ("", AddressError::NotOne),
+        ] {
+            assert_eq!(recipient(text), Err(why), "{text:?}");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert_eq!(recipient(&long), Err(AddressError::NotOne));
+    }
+}
