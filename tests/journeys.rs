@@ -85,6 +85,7 @@ on_both_backends!(
     the_toggles_and_require_decide_the_login,
     enrollment_is_refused_while_the_role_is_inactive,
     the_send_limits_and_the_lockout_answer_429,
+    an_address_in_another_case_shares_its_send_limit,
     a_login_after_the_factors_provider_was_deleted_uses_the_tenants_first,
 );
 
@@ -623,6 +624,40 @@ async fn enrollment_is_refused_while_the_role_is_inactive(app: TestApp) {
     assert!(body["detail"].as_str().expect("detail").contains("Admin"));
     assert_eq!(app.count("select count(*) from challenges").await, 0);
     assert_eq!(app.count("select count(*) from deliveries").await, 0);
+}
+
+async fn an_address_in_another_case_shares_its_send_limit(app: TestApp) {
+    ready(&app).await;
+    // Ten codes to one address in an hour, from ten users, the address in
+    // ever other cases: the eleventh is refused whatever its case.
+    let spellings = ["x@example.com", "x@EXAMPLE.COM", "X@Example.Com"];
+    for i in 0..10 {
+        let started = app
+            .post_signed(
+                "enrollment.started",
+                json!({"user": customer(&format!("u{i}")), "email": spellings[i % 3]}),
+            )
+            .await;
+        assert_eq!(started.status, 200, "{i}: {:?}", started.json());
+    }
+    let eleventh = app
+        .post_signed(
+            "enrollment.started",
+            json!({"user": customer("u10"), "email": "x@EXAMPLE.com"}),
+        )
+        .await;
+    eleventh.assert_problem(429, "rate_limited");
+    // Stored with the domain lowercased, the local part as typed.
+    assert_eq!(
+        app.count("select count(*) from challenges where email = 'X@example.com'")
+            .await,
+        3
+    );
+    assert_eq!(
+        app.count("select count(*) from challenges where email = 'x@example.com'")
+            .await,
+        7
+    );
 }
 
 async fn the_send_limits_and_the_lockout_answer_429(app: TestApp) {

@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 #[cfg(test)]
 mod tests;
 
+use email2fa_workers::address::limit_key;
 use email2fa_workers::deliveries::NewDelivery;
 use serde::Serialize;
 
@@ -413,7 +414,10 @@ impl<'a> Overlay<'a> {
         recipient: &str,
     ) -> (Window, Window) {
         let user = self.snap.user_sends.get(&key(tenant_id, user_id));
-        let to = self.snap.recipient_sends.get(&key(tenant_id, recipient));
+        let to = self
+            .snap
+            .recipient_sends
+            .get(&key(tenant_id, &limit_key(recipient)));
         (
             user.copied().unwrap_or_default(),
             to.copied().unwrap_or_default(),
@@ -498,7 +502,7 @@ impl<'a> Overlay<'a> {
             .add(now);
         self.snap
             .recipient_sends
-            .entry(key(tenant_id, recipient))
+            .entry(key(tenant_id, &limit_key(recipient)))
             .or_default()
             .add(now);
     }
@@ -612,7 +616,9 @@ pub fn key(tenant_id: &str, id: &str) -> Key {
 
 /// The users and addresses whose code sends a batch must count (under
 /// their locks): those of the started events, and of the resends' challenges.
-/// Logins count their user's first factor's address.
+/// Logins count their user's first factor's address. Addresses are given
+/// as the limit compares them ([`limit_key`]), as are the keys of
+/// [`Snapshot::recipient_sends`].
 pub fn send_targets(items: &[&HotItem], snap: &Snapshot) -> (Vec<Key>, Vec<Key>) {
     let mut users = Vec::new();
     let mut recipients = Vec::new();
@@ -637,7 +643,7 @@ pub fn send_targets(items: &[&HotItem], snap: &Snapshot) -> (Vec<Key>, Vec<Key>)
         if let Some((user, to)) = target {
             users.push(key(tenant, &user));
             if !to.is_empty() {
-                recipients.push(key(tenant, &to));
+                recipients.push(key(tenant, &limit_key(&to)));
             }
         }
     }

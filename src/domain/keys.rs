@@ -29,9 +29,10 @@ pub fn user_key(tenant_id: &str, user_id: &str) -> u32 {
 }
 
 /// The lock key of a recipient address of a tenant (for the per-address
-/// send limit), compared without regard to case.
+/// send limit), compared as the limit compares it
+/// ([`email2fa_workers::address::limit_key`]).
 pub fn recipient_key(tenant_id: &str, recipient: &str) -> u32 {
-    digest32(tenant_id, &recipient.to_lowercase())
+    digest32(tenant_id, &email2fa_workers::address::limit_key(recipient))
 }
 
 fn digest32(tenant_id: &str, name: &str) -> u32 {

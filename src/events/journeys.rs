@@ -44,6 +44,15 @@ pub struct User {
 }
 
 impl User {
+    /// The account address in its stored form (call after the checks).
+    fn normalize(&mut self) {
+        if let Some(email) = &mut self.email
+            && let Ok(normalized) = email2fa_workers::address::normalize(email)
+        {
+            *email = normalized;
+        }
+    }
+
     fn check(&self, checks: &mut Checks) {
         checks.id("user.id", &self.id);
         if let Some(email) = &self.email {
@@ -101,6 +110,17 @@ impl EnrollmentStarted {
             checks.id("secondary_auth_provider_id", id);
         }
         checks.finish()
+    }
+
+    /// The addresses in their stored form ([`email2fa_workers::address::normalize`]):
+    /// every lookup and factor match uses it. Call after [`Self::validate`].
+    pub fn normalize(&mut self) {
+        self.user.normalize();
+        if let Some(email) = &mut self.email
+            && let Ok(normalized) = email2fa_workers::address::normalize(email)
+        {
+            *email = normalized;
+        }
     }
 
     /// The address to enroll.

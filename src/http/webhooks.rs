@@ -225,8 +225,9 @@ fn hot_event(state: &AppState, envelope: &Envelope<'_>) -> Result<HotEvent, Even
     let data = envelope.data;
     Ok(match envelope.event_type {
         EventType::EnrollmentStarted => {
-            let event: crate::events::EnrollmentStarted = parse_data(data)?;
+            let mut event: crate::events::EnrollmentStarted = parse_data(data)?;
             event.validate()?;
+            event.normalize();
             HotEvent::EnrollmentStarted(event)
         }
         EventType::LoginStarted => {

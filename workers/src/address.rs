@@ -40,6 +40,31 @@ pub fn recipient(text: &str) -> Result<Address, AddressError> {
     text.parse::<Address>().map_err(|_| AddressError::Invalid)
 }
 
+/// The form an address is stored and compared in: [`recipient`]'s checks,
+/// then the domain lowercased and in its ASCII (IDNA) form; the local part
+/// stays as typed (a mailbox may tell its case apart, and the mail goes to
+/// it as the user wrote it). `jane@Bücher.Example` → `jane@xn--bcher-kva.example`.
+pub fn normalize(text: &str) -> Result<String, AddressError> {
+    recipient(text)?;
+    let (local, domain) = text.rsplit_once('@').ok_or(AddressError::Invalid)?;
+    let domain = if domain.starts_with('[') {
+        domain.to_ascii_lowercase()
+    } else {
+        idna::domain_to_ascii(domain).map_err(|_| AddressError::Invalid)?
+    };
+    let normalized = format!("{local}@{domain}");
+    recipient(&normalized)?;
+    Ok(normalized)
+}
+
+/// How the per-address send limit tells addresses apart: the whole
+/// address with ASCII letters lowercased (most mailboxes ignore the local
+/// part's case, so `Jane@` and `jane@` share one limit). SQL compares
+/// `lower(recipient)` the same way (`collate "C"` on PostgreSQL).
+pub fn limit_key(address: &str) -> String {
+    address.to_ascii_lowercase()
+}
+
 /// RFC 5322's dot-atom: atoms of `atext` joined by single dots. Non-ASCII
 /// letters are allowed (RFC 6531's UTF-8 local parts).
 fn is_dot_atom(local: &str) -> bool {
@@ -65,6 +90,21 @@ mod tests {
         ] {
             assert!(recipient(ok).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn the_domain_is_lowercased_and_ascii_the_local_part_kept() {
+        assert_eq!(
+            normalize("Jane.Doe@Shop.EXAMPLE").as_deref(),
+            Ok("Jane.Doe@shop.example")
+        );
+        assert_eq!(
+            normalize("jürgen@Bücher.example").as_deref(),
+            Ok("jürgen@xn--bcher-kva.example")
+        );
+        assert_eq!(normalize("x@[192.0.2.1]").as_deref(), Ok("x@[192.0.2.1]"));
+        assert_eq!(normalize("\"x\"@example.com"), Err(AddressError::Invalid));
+        assert_eq!(limit_key("Jane.Doe@shop.example"), "jane.doe@shop.example");
     }
 
     #[test]

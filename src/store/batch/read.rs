@@ -148,7 +148,10 @@ static PROVIDERS: LazyLock<Sql> = LazyLock::new(|| {
     })
 });
 
-/// The code sends of users and to addresses within their windows. An
+/// The code sends of users and to addresses within their windows, an
+/// address compared with ASCII letters lowercased (as
+/// [`email2fa_workers::address::limit_key`] gives it; the index
+/// `deliveries_by_recipient_ci` holds the same expression). An
 /// operator's resend of a dead letter (`resent_from` set) is not counted:
 /// the user never received the dead email and did not ask again.
 static COUNTS: LazyLock<Sql> = LazyLock::new(|| {
@@ -167,12 +170,17 @@ static COUNTS: LazyLock<Sql> = LazyLock::new(|| {
              group by x.tenant_id, x.id \
              union all \
              select 'recipient', y.tenant_id, y.id, count(d.id), min(d.created_at) \
-             from {} left join deliveries d on d.tenant_id = y.tenant_id and d.recipient = y.id \
+             from {} left join deliveries d on d.tenant_id = y.tenant_id \
+                and lower(d.recipient{c}) = y.id \
                 and d.created_at > y.since and d.kind in ('enrollment_code', 'login_code') \
                 and d.resent_from is null \
              group by y.tenant_id, y.id",
             source(d, 1, "x", &columns),
-            source(d, 2, "y", &columns)
+            source(d, 2, "y", &columns),
+            c = match d {
+                Dialect::Postgres => " collate \"C\"",
+                Dialect::Sqlite => "",
+            },
         )
     })
 });

@@ -1,0 +1,8 @@
+-- The per-address send limit compares whole addresses with ASCII letters
+-- lowercased (`Jane@Shop.example` and `jane@shop.example` share a limit;
+-- src/store/batch/read.rs counts by `lower(recipient collate "C")`, the
+-- same expression as SQLite's `lower`). The index on the address as typed
+-- served only that count.
+create index deliveries_by_recipient_ci
+    on deliveries (tenant_id, lower(recipient collate "C"), created_at);
+drop index deliveries_by_recipient;
