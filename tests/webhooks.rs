@@ -30,6 +30,7 @@ on_both_backends!(
     a_refused_event_is_not_remembered_and_a_retry_runs_afresh,
     a_rotated_secret_keeps_the_old_one_valid_for_the_overlap,
     a_secret_added_by_another_process_is_accepted_at_once,
+    garbage_signatures_and_unknown_tenants_reach_the_database_once_a_second,
     planner_statistics_follow_the_tables_that_grow,
     an_unreachable_database_answers_503_and_writes_nothing,
     health_readiness_and_the_openapi_document_are_served,
@@ -658,14 +659,10 @@ async fn a_rotated_secret_keeps_the_old_one_valid_for_the_overlap(mut app: TestA
     );
 }
 
-/// The ingress caches tenants' keys; a secret added by another process
-/// (`tenant rotate-secret`) must not wait for the cache to expire.
-async fn a_secret_added_by_another_process_is_accepted_at_once(mut app: TestApp) {
-    assert_eq!(
-        app.post_signed("settings.updated", json!({})).await.status,
-        200,
-        "the keys are now cached"
-    );
+/// Adds a new secret to the tenant through a second store (another
+/// process, as `tenant rotate-secret` would) and signs with it from now on;
+/// returns that store.
+async fn rotate_in_another_process(app: &mut TestApp) -> email2fa::store::Store {
     let other_process = email2fa::app::open_store(&app.settings)
         .await
         .expect("a second store");
@@ -676,6 +673,18 @@ async fn a_secret_added_by_another_process_is_accepted_at_once(mut app: TestApp)
         .await
         .expect("rotate");
     app.secret = new;
+    other_process
+}
+
+/// The ingress caches tenants' keys; a secret added by another process
+/// (`tenant rotate-secret`) must not wait for the cache to expire.
+async fn a_secret_added_by_another_process_is_accepted_at_once(mut app: TestApp) {
+    assert_eq!(
+        app.post_signed("settings.updated", json!({})).await.status,
+        200,
+        "the keys are now cached"
+    );
+    rotate_in_another_process(&mut app).await;
     assert_eq!(
         app.post_signed("settings.updated", json!({})).await.status,
         200,
@@ -685,6 +694,67 @@ async fn a_secret_added_by_another_process_is_accepted_at_once(mut app: TestApp)
     app.post_signed("settings.updated", json!({}))
         .await
         .assert_problem(401, "invalid_signature");
+}
+
+/// A flood of bad signatures, or of calls for a tenant that does not exist,
+/// must not become database load: a signature that matches no cached key
+/// sends the ingress back to the database at most once a second per
+/// tenant, and an unknown tenant is remembered for a second. Seen from
+/// outside: a secret rotated in another process right after such a read is
+/// refused until the second is over, then accepted; a tenant created in
+/// another process right after a 404 is unknown for that second.
+async fn garbage_signatures_and_unknown_tenants_reach_the_database_once_a_second(mut app: TestApp) {
+    use std::time::{Duration, Instant};
+    assert_eq!(
+        app.post_signed("settings.updated", json!({})).await.status,
+        200,
+        "the keys are now cached"
+    );
+    app.secret = email2fa::crypto::new_signing_secret();
+    app.post_signed("settings.updated", json!({}))
+        .await
+        .assert_problem(401, "invalid_signature");
+    let forced = Instant::now();
+    let other_process = rotate_in_another_process(&mut app).await;
+    let soon = app.post_signed("settings.updated", json!({})).await;
+    if forced.elapsed() < Duration::from_millis(900) {
+        soon.assert_problem(401, "invalid_signature");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        app.post_signed("settings.updated", json!({})).await.status,
+        200,
+        "the new secret, a second later"
+    );
+
+    // An unknown tenant, created by another process right after a 404.
+    let body = TestApp::envelope("settings.updated", json!({}));
+    let signed = |secret: &str| {
+        let key = email2fa::crypto::decode_signing_secret(secret).expect("key");
+        let (id, ts) = (format!("msg_{}", ulid::Ulid::generate()), now());
+        let signature = email2fa::signature::sign(&key, &id, ts, &body);
+        vec![
+            ("webhook-id", id),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", signature),
+        ]
+    };
+    let secret = email2fa::crypto::new_signing_secret();
+    app.post_raw("globex", &signed(&secret), body.clone())
+        .await
+        .assert_problem(404, "unknown_tenant");
+    let missed = Instant::now();
+    other_process
+        .create_tenant("globex", "Globex", &secret)
+        .await
+        .expect("create");
+    let early = app.post_raw("globex", &signed(&secret), body.clone()).await;
+    if missed.elapsed() < Duration::from_millis(900) {
+        early.assert_problem(404, "unknown_tenant");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let known = app.post_raw("globex", &signed(&secret), body).await;
+    assert_eq!(known.status, 200, "{:?}", known.json());
 }
 
 /// PostgreSQL plans prepared statements from the statistics of the moment:

@@ -105,14 +105,17 @@ async fn handle(
     let now = chrono::Utc::now().timestamp();
     let tolerance = state.webhook.tolerance_seconds;
     let verified = match signature::verify(signed, &body, &tenant.keys, now, tolerance) {
-        // The cached keys may predate a rotation: ask the database.
+        // The cached keys may predate a rotation: ask the database (at
+        // most once a second per tenant, so garbage signatures do not turn
+        // into database load).
         Err(SignatureError::NoMatch) if cached => {
-            let fresh = state
-                .store
-                .tenant_with_keys(tenant_id)
-                .await?
-                .ok_or(ApiError::UnknownTenant)?;
-            signature::verify(signed, &body, &fresh.keys, now, tolerance)
+            match state.store.refresh_keys_after_mismatch(tenant_id).await? {
+                Some(fresh) => {
+                    let fresh = fresh.ok_or(ApiError::UnknownTenant)?;
+                    signature::verify(signed, &body, &fresh.keys, now, tolerance)
+                }
+                None => Err(SignatureError::NoMatch),
+            }
         }
         verified => verified,
     };

@@ -41,8 +41,16 @@ pub const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
 /// a platform has a handful of tenants).
 const KEY_CACHE_CAPACITY: usize = 4096;
 
+/// How often per tenant a signature that matches none of the cached keys
+/// may send the ingress back to the database. A flood of garbage
+/// signatures costs at most one read (and decryption) per tenant per gap;
+/// a secret rotated in another process is accepted at once, or (during
+/// such a flood) within the gap.
+pub const FORCED_REFRESH_GAP: Duration = Duration::from_secs(1);
+
 /// The ingress's cache of tenants' signing keys (one database round trip
-/// less per webhook).
+/// less per webhook), and of tenants that do not exist (a flood of
+/// requests for an unknown tenant costs one read per [`KEY_CACHE_TTL`]).
 #[derive(Default)]
 pub struct KeyCache {
     entries: Mutex<HashMap<String, CachedKeys>>,
@@ -50,7 +58,10 @@ pub struct KeyCache {
 
 struct CachedKeys {
     read_at: Instant,
-    keys: Vec<(Vec<u8>, Option<Timestamp>)>,
+    /// `None`: there is no such tenant.
+    keys: Option<Vec<(Vec<u8>, Option<Timestamp>)>>,
+    /// The last read forced by a signature that matched no cached key.
+    forced_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -59,14 +70,31 @@ impl std::fmt::Debug for KeyCache {
     }
 }
 
+/// What the cache knows of a tenant.
+enum Cached {
+    /// Its keys still valid now.
+    Tenant(TenantWithKeys),
+    /// There is no such tenant.
+    Absent,
+    /// Nothing fresh: ask the database.
+    Unknown,
+}
+
 impl KeyCache {
-    fn get(&self, id: &str, now: Timestamp) -> Option<TenantWithKeys> {
+    fn get(&self, id: &str, now: Timestamp) -> Cached {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let cached = entries.get(id)?;
-        (cached.read_at.elapsed() < KEY_CACHE_TTL).then(|| TenantWithKeys {
+        let Some(cached) = entries.get(id) else {
+            return Cached::Unknown;
+        };
+        if cached.read_at.elapsed() >= KEY_CACHE_TTL {
+            return Cached::Unknown;
+        }
+        let Some(keys) = &cached.keys else {
+            return Cached::Absent;
+        };
+        Cached::Tenant(TenantWithKeys {
             id: id.to_string(),
-            keys: cached
-                .keys
+            keys: keys
                 .iter()
                 .filter(|(_, expires_at)| expires_at.is_none_or(|at| at > now))
                 .map(|(key, _)| key.clone())
@@ -79,13 +107,38 @@ impl KeyCache {
         entries.remove(id);
     }
 
-    fn put(&self, id: &str, keys: Vec<(Vec<u8>, Option<Timestamp>)>) {
+    /// Whether a read forced by a mismatched signature may go ahead now
+    /// (and, if so, notes it): at most one per [`FORCED_REFRESH_GAP`].
+    fn may_force(&self, id: &str) -> bool {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(cached) = entries.get_mut(id) else {
+            return true;
+        };
+        if cached
+            .forced_at
+            .is_some_and(|at| at.elapsed() < FORCED_REFRESH_GAP)
+        {
+            return false;
+        }
+        cached.forced_at = Some(Instant::now());
+        true
+    }
+
+    fn put(&self, id: &str, keys: Option<Vec<(Vec<u8>, Option<Timestamp>)>>) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= KEY_CACHE_CAPACITY && !entries.contains_key(id) {
             entries.clear();
         }
+        let forced_at = entries.get(id).and_then(|c| c.forced_at);
         let read_at = Instant::now();
-        entries.insert(id.to_string(), CachedKeys { read_at, keys });
+        entries.insert(
+            id.to_string(),
+            CachedKeys {
+                read_at,
+                keys,
+                forced_at,
+            },
+        );
     }
 }
 
@@ -145,7 +198,10 @@ impl Store {
             .bind(id).bind(name).bind(now).execute(conn).await.map(|r| r.rows_affected()))?;
         self.insert_secret(&mut tx, id, secret, now).await?;
         self.insert_default_settings(&mut tx, id, now).await?;
-        super::commit(tx).await
+        super::commit(tx).await?;
+        // Known at once in this process (it may be cached as absent).
+        self.key_cache.forget(id);
+        Ok(())
     }
 
     async fn insert_secret(
@@ -214,13 +270,28 @@ impl Store {
         &self,
         id: &str,
     ) -> StoreResult<Option<(TenantWithKeys, bool)>> {
-        if let Some(tenant) = self.key_cache.get(id, Timestamp::now()) {
-            return Ok(Some((tenant, true)));
+        match self.key_cache.get(id, Timestamp::now()) {
+            Cached::Tenant(tenant) => Ok(Some((tenant, true))),
+            Cached::Absent => Ok(None),
+            Cached::Unknown => Ok(self
+                .tenant_with_keys(id)
+                .await?
+                .map(|tenant| (tenant, false))),
         }
-        Ok(self
-            .tenant_with_keys(id)
-            .await?
-            .map(|tenant| (tenant, false)))
+    }
+
+    /// The tenant's keys read again after a signature matched none of the
+    /// cached ones, at most once per [`FORCED_REFRESH_GAP`] per tenant:
+    /// `Ok(None)` when a read was forced too recently (the cached keys
+    /// stand), else [`Store::tenant_with_keys`].
+    pub async fn refresh_keys_after_mismatch(
+        &self,
+        id: &str,
+    ) -> StoreResult<Option<Option<TenantWithKeys>>> {
+        if !self.key_cache.may_force(id) {
+            return Ok(None);
+        }
+        Ok(Some(self.tenant_with_keys(id).await?))
     }
 
     /// The tenant and its valid keys, read from the database (and kept in
@@ -235,6 +306,7 @@ impl Store {
              where t.id = $1")
             .bind(id).bind(now).fetch_all(pool).await)?;
         if rows.is_empty() {
+            self.key_cache.put(id, None);
             return Ok(None);
         }
         let context = secret_context(id);
@@ -249,7 +321,7 @@ impl Store {
                 keys.push((key, row.expires_at));
             }
         }
-        self.key_cache.put(id, keys.clone());
+        self.key_cache.put(id, Some(keys.clone()));
         Ok(Some(TenantWithKeys {
             id: id.to_string(),
             keys: keys.into_iter().map(|(key, _)| key).collect(),
