@@ -246,11 +246,12 @@ pub async fn start_with_engine(
     spawn_receipt_pruning(store.clone(), settings.webhook.idempotency_hours);
     crate::metrics::spawn_refresh(store.db().clone());
     let app = http::router(state);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-    });
+    let limits = http::server::ServeLimits {
+        header_read_timeout: Duration::from_millis(settings.http.header_read_timeout_ms),
+        max_connections: settings.http.max_connections,
+        shutdown_timeout: Duration::from_millis(settings.http.shutdown_timeout_ms),
+    };
+    let task = tokio::spawn(http::server::serve(listener, app, limits, shutdown));
     tracing::info!(
         %addr,
         database = %settings.database_url,

@@ -58,6 +58,22 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     /// The batching of hot webhooks.
     pub ingest: IngestSettings,
+    /// `EMAIL2FA_HTTP__*`.
+    pub http: HttpSettings,
+}
+
+/// `EMAIL2FA_HTTP__*`: the HTTP server's limits (see `src/http/server.rs`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Milliseconds a client has to send a request's headers (and an idle
+    /// keep-alive connection to start its next request).
+    pub header_read_timeout_ms: u64,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Milliseconds the server waits for open connections after the
+    /// shutdown signal.
+    pub shutdown_timeout_ms: u64,
 }
 
 /// `EMAIL2FA_INGEST__*`: how the ingress groups concurrent webhooks into
@@ -204,6 +220,11 @@ impl Default for Settings {
                 max_batch: 64,
                 linger_us: 0,
             },
+            http: HttpSettings {
+                header_read_timeout_ms: 10_000,
+                max_connections: 4096,
+                shutdown_timeout_ms: 10_000,
+            },
         }
     }
 }
@@ -324,6 +345,24 @@ impl Settings {
         }
         if !(1..=1000).contains(&self.ingest.max_batch) {
             return invalid("EMAIL2FA_INGEST__MAX_BATCH", "must be between 1 and 1000");
+        }
+        if !(100..=300_000).contains(&self.http.header_read_timeout_ms) {
+            return invalid(
+                "EMAIL2FA_HTTP__HEADER_READ_TIMEOUT_MS",
+                "must be between 100 and 300000 (5 minutes)",
+            );
+        }
+        if !(1..=1_000_000).contains(&self.http.max_connections) {
+            return invalid(
+                "EMAIL2FA_HTTP__MAX_CONNECTIONS",
+                "must be between 1 and 1000000",
+            );
+        }
+        if self.http.shutdown_timeout_ms > 600_000 {
+            return invalid(
+                "EMAIL2FA_HTTP__SHUTDOWN_TIMEOUT_MS",
+                "must be at most 600000 (10 minutes)",
+            );
         }
         if self.ingest.linger_us > 100_000 {
             return invalid(

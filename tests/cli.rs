@@ -470,3 +470,112 @@ async fn no_code_or_trust_token_reaches_any_log_line() {
         "the trust token's body appeared in the logs"
     );
 }
+
+/// Reads until the service closes the connection; how long that took.
+fn time_to_close(stream: &mut std::net::TcpStream) -> std::time::Duration {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+                return started.elapsed();
+            }
+            Err(error) => panic!("the connection stayed open: {error}"),
+        }
+    }
+}
+
+/// Opens a connection that sends half a request's headers and stalls.
+fn stalled_client(service: &Service) -> std::net::TcpStream {
+    use std::io::Write;
+    let addr = service.base.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .write_all(b"POST /v1/webhooks/acme HTTP/1.1\r\nHost: localhost\r\n")
+        .expect("half the headers");
+    stream
+}
+
+/// A client that sends half its headers and stalls is cut off after the
+/// header-read timeout instead of holding its connection for as long as it
+/// likes.
+#[test]
+fn a_stalled_client_is_cut_off_after_the_header_read_timeout() {
+    let dir = tempfile::tempdir().expect("dir");
+    let service = Service::start(
+        dir.path(),
+        &[("EMAIL2FA_HTTP__HEADER_READ_TIMEOUT_MS", "500")],
+    );
+    let mut slow = stalled_client(&service);
+    let took = time_to_close(&mut slow);
+    assert!(
+        took >= std::time::Duration::from_millis(300) && took < std::time::Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+}
+
+/// SIGTERM ends the service within its shutdown deadline even while a
+/// client stalls mid-request (the header-read timeout set far away).
+#[test]
+fn a_stalled_client_does_not_delay_the_stop() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut service = Service::start(
+        dir.path(),
+        &[
+            ("EMAIL2FA_HTTP__HEADER_READ_TIMEOUT_MS", "120000"),
+            ("EMAIL2FA_HTTP__SHUTDOWN_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let _slow = stalled_client(&service);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let status = service.stop();
+    assert!(status.success(), "exit 0: {status:?}: {}", service.output());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+}
+
+/// Open connections are bounded: past `EMAIL2FA_HTTP__MAX_CONNECTIONS` a
+/// new client waits until one closes.
+#[test]
+fn open_connections_are_bounded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let service = Service::start(
+        dir.path(),
+        &[
+            ("EMAIL2FA_HTTP__HEADER_READ_TIMEOUT_MS", "120000"),
+            ("EMAIL2FA_HTTP__MAX_CONNECTIONS", "1"),
+        ],
+    );
+    let health = format!("{}/healthz", service.base);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_millis(1500))
+        .build()
+        .expect("client");
+    let slow = stalled_client(&service);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        client.get(&health).send().is_err(),
+        "a second connection is served while the first holds the only slot"
+    );
+    drop(slow);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match client.get(&health).send() {
+            Ok(answer) if answer.status().is_success() => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "not served after the slot freed: {other:?}"
+            ),
+        }
+    }
+}

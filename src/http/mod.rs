@@ -7,6 +7,7 @@ mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod problem;
+pub mod server;
 mod webhooks;
 
 pub use problem::ApiError;
