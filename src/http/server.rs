@@ -50,8 +50,11 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        // Reap the connections that ended (their results are unit).
+        while connections.try_join_next().is_some() {}
         let slot = tokio::select! {
             slot = Arc::clone(&slots).acquire_owned() => match slot {
                 Ok(slot) => slot,
@@ -77,7 +80,7 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(error = %error, "connection ended with an error");
             }
@@ -90,9 +93,11 @@ pub async fn serve(
         () = tokio::time::sleep(limits.shutdown_timeout) => {
             tracing::warn!(
                 timeout_ms = limits.shutdown_timeout.as_millis() as u64,
+                open = connections.len(),
                 "connections still open at the shutdown deadline were dropped"
             );
         }
     }
+    connections.abort_all();
     Ok(())
 }
