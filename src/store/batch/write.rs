@@ -253,15 +253,17 @@ const TABLES: [&Table; 10] = [
 ];
 
 fn statement(table: &Table, dialect: Dialect, n: usize) -> String {
-    table
-        .sql
-        .replace("{src}", &source(dialect, n, "x", table.columns))
+    let src = match dialect {
+        Dialect::Postgres => rows::unnest_source(n, "x", table.columns),
+        Dialect::Sqlite => source(dialect, n, "x", table.columns),
+    };
+    table.sql.replace("{src}", &src)
 }
 
 /// PostgreSQL: the statement of the tables that have rows (`present`, in
 /// the order of [`TABLES`]) as CTEs of one statement, over parameters
-/// `$1`… in that order, which answers the counts of the guarded ones (0
-/// for one with no rows). A table with no rows is left out rather than fed
+/// `$1`… in that order (one typed array per column of each table), which
+/// answers the counts of the guarded ones (0 for one with no rows). A table with no rows is left out rather than fed
 /// an empty list: each part costs executor set-up on every run. The few
 /// combinations that occur (a batch of logins writes receipts, challenges,
 /// deliveries, decisions and audit events) are each prepared once per
@@ -273,7 +275,6 @@ fn postgres_statement(present: &[bool]) -> String {
     for (i, table) in TABLES.iter().enumerate() {
         let here = present.get(i).copied().unwrap_or(false);
         if here {
-            n += 1;
             let returning = if table.counted.is_some() {
                 " returning 1"
             } else {
@@ -281,8 +282,9 @@ fn postgres_statement(present: &[bool]) -> String {
             };
             ctes.push(format!(
                 "w{i} as ({}{returning})",
-                statement(table, Dialect::Postgres, n)
+                statement(table, Dialect::Postgres, n + 1)
             ));
+            n += table.columns.len();
         }
         if table.counted.is_some() {
             counts.push(if here {
@@ -315,27 +317,33 @@ impl Store {
         writes: &Writes,
         now: Timestamp,
     ) -> StoreResult<WriteCounts> {
-        let params = self.params(writes, now);
-        match dialect(tx) {
-            Dialect::Postgres => {
+        let d = dialect(tx);
+        let params = self.params(writes, now, d)?;
+        match tx {
+            Tx::Postgres(conn) => {
                 let present: Vec<bool> = params.iter().map(Option::is_some).collect();
                 let sql = sqlx::AssertSqlSafe(postgres_statement(&present));
-                let (receipts, challenge_updates): (i64, i64) = with_tx!(tx, conn => {
-                    let mut query = sqlx::query_as(sql);
-                    for param in params.iter().flatten() {
-                        query = query.bind(param);
+                let mut query = sqlx::query_as(sql);
+                for param in params.iter().flatten() {
+                    if let Param::Columns(columns) = param {
+                        for column in columns {
+                            query = column.bind(query);
+                        }
                     }
-                    query.fetch_one(conn).await
-                })?;
+                }
+                let (receipts, challenge_updates): (i64, i64) =
+                    query.fetch_one(&mut **conn).await?;
                 Ok(WriteCounts {
                     receipts: u64::try_from(receipts).unwrap_or(0),
                     challenge_updates: u64::try_from(challenge_updates).unwrap_or(0),
                 })
             }
-            Dialect::Sqlite => {
+            Tx::Sqlite(..) => {
                 let mut counts = WriteCounts::default();
                 for ((table, sql), param) in TABLES.iter().zip(SQLITE.iter()).zip(&params) {
-                    let Some(param) = param else { continue };
+                    let Some(Param::Json(param)) = param else {
+                        continue;
+                    };
                     let sql = sqlx::AssertSqlSafe(sql.as_str());
                     let written = with_tx!(tx, conn => sqlx::query(sql).bind(param)
                         .execute(conn).await.map(|r| r.rows_affected()))?;
@@ -348,12 +356,27 @@ impl Store {
         }
     }
 
-    /// Each table's rows as a JSON array (`None` when it has none), in the
-    /// order of [`TABLES`].
-    fn params(&self, w: &Writes, now: Timestamp) -> [Option<String>; 10] {
-        fn some<T: Serialize>(rows: &[T]) -> Option<String> {
-            (!rows.is_empty()).then(|| rows::array(rows))
-        }
+    /// Each table's rows as its statement takes them (`None` when it has
+    /// none), in the order of [`TABLES`]: typed columns on PostgreSQL, a
+    /// JSON array on SQLite.
+    fn params(
+        &self,
+        w: &Writes,
+        now: Timestamp,
+        dialect: Dialect,
+    ) -> StoreResult<[Option<Param>; 10]> {
+        let some = |i: usize, rows: &dyn ErasedRows| -> StoreResult<Option<Param>> {
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(match dialect {
+                Dialect::Postgres => Param::Columns(
+                    rows.columns(TABLES[i].columns)
+                        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+                ),
+                Dialect::Sqlite => Param::Json(rows.json()),
+            }))
+        };
         let receipts: Vec<_> = w
             .receipts
             .iter()
@@ -390,18 +413,45 @@ impl Store {
             })
             .collect();
         let security: Vec<_> = w.security.iter().map(SecurityJson::from).collect();
-        [
-            some(&receipts),
-            some(&challenges),
-            some(&updates),
-            some(&deliveries),
-            some(&decisions),
-            some(&audits),
-            some(&factors),
-            some(&devices),
-            some(&used),
-            some(&security),
-        ]
+        Ok([
+            some(0, &receipts)?,
+            some(1, &challenges)?,
+            some(2, &updates)?,
+            some(3, &deliveries)?,
+            some(4, &decisions)?,
+            some(5, &audits)?,
+            some(6, &factors)?,
+            some(7, &devices)?,
+            some(8, &used)?,
+            some(9, &security)?,
+        ])
+    }
+}
+
+/// One table's rows as its statement takes them.
+enum Param {
+    /// PostgreSQL: one typed array per column.
+    Columns(Vec<rows::Column>),
+    /// SQLite: a JSON array of objects.
+    Json(String),
+}
+
+/// A table's rows, whatever their struct.
+trait ErasedRows {
+    fn is_empty(&self) -> bool;
+    fn columns(&self, columns: &[(&str, Ty)]) -> Result<Vec<rows::Column>, rows::ColumnError>;
+    fn json(&self) -> String;
+}
+
+impl<T: Serialize> ErasedRows for Vec<T> {
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+    fn columns(&self, columns: &[(&str, Ty)]) -> Result<Vec<rows::Column>, rows::ColumnError> {
+        rows::columns(self, columns)
+    }
+    fn json(&self) -> String {
+        rows::array(self)
     }
 }
 
