@@ -16,6 +16,7 @@ use email2fa_workers::engine::{Engine, EngineConfig};
 use email2fa_workers::queue::{Queue, QueueTarget, WorkerConfig, run_workers};
 use email2fa_workers::render::Renderer;
 use email2fa_workers::transport::{MailMode, Transports};
+use email2fa_workers::trust::TrustedRoots;
 use tokio::sync::watch;
 
 use crate::crypto::{self, MasterKey};
@@ -107,6 +108,7 @@ pub fn engine(
         mode,
         Duration::from_secs(settings.delivery.smtp_timeout_seconds),
         u32::try_from(settings.delivery.concurrency).unwrap_or(u32::MAX),
+        trusted_roots(settings)?,
     );
     let config = EngineConfig {
         backoff_base: Duration::from_millis(settings.delivery.backoff_base_ms),
@@ -122,6 +124,22 @@ pub fn engine(
         transports,
         config,
     ))
+}
+
+/// The roots SMTP servers' certificates may chain to: the built-in ones,
+/// plus the CAs of `EMAIL2FA_DELIVERY__CA_FILE` (a file that cannot be read
+/// or holds no valid certificate stops start-up, naming it).
+pub fn trusted_roots(settings: &Settings) -> anyhow::Result<TrustedRoots> {
+    let Some(path) = &settings.delivery.ca_file else {
+        return Ok(TrustedRoots::built_in());
+    };
+    let roots = TrustedRoots::with_pem_file(path).context("EMAIL2FA_DELIVERY__CA_FILE")?;
+    tracing::info!(
+        ca_file = %path.display(),
+        certificates = roots.extra_count(),
+        "SMTP TLS trusts the built-in roots and the CA file"
+    );
+    Ok(roots)
 }
 
 /// A shutdown signal several tasks can wait for.

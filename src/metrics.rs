@@ -99,7 +99,7 @@ fn describe() {
     );
     describe_counter!(
         "email2fa_delivery_attempts_total",
-        "SMTP sends, by result (accepted, transient, auth_failed, rejected)"
+        "SMTP sends, by result (accepted, transient, auth_failed, tls_failed, rejected)"
     );
     describe_histogram!(
         "email2fa_smtp_send_duration_seconds",
@@ -123,7 +123,7 @@ fn describe() {
     describe_gauge!("email2fa_dead_letters", "Unresolved dead letters");
     describe_gauge!(
         "email2fa_smtp_providers_unhealthy",
-        "SMTP providers rejecting our credentials (in this process)"
+        "SMTP providers rejecting our credentials or failing TLS (in this process)"
     );
 }
 

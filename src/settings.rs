@@ -130,6 +130,11 @@ pub struct DeliverySettings {
     pub lease_seconds: i64,
     /// Where per-tenant template overrides live (`{dir}/tenants/{tenant}/…`).
     pub templates_dir: PathBuf,
+    /// `EMAIL2FA_DELIVERY__CA_FILE`: a PEM file of CA certificates that SMTP
+    /// servers' certificates may chain to, besides the built-in roots (an
+    /// internal relay's private CA). Read at start-up by the processes
+    /// that send.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `EMAIL2FA_WEBHOOK__*`.
@@ -214,6 +219,7 @@ impl Default for Settings {
                 shutdown_timeout_seconds: 30,
                 lease_seconds: 90,
                 templates_dir: PathBuf::from("templates"),
+                ca_file: None,
             },
             ingest: IngestSettings {
                 lanes: 0,
@@ -408,12 +414,8 @@ fn describe_load_error(error: &figment::Error) -> String {
         .clone()
         .into_iter()
         .map(|error| {
-            let mut path = error.path.clone();
-            if let figment::error::Kind::UnknownField(name, _) = &error.kind {
-                path.push(name.clone());
-            }
-            let path: Vec<String> = path.iter().map(|p| p.to_lowercase()).collect();
-            let env = format!("EMAIL2FA_{}", path.join("__").to_uppercase());
+            let path = setting_path(&error);
+            let env = given_variable(&format!("EMAIL2FA_{}", path.join("__").to_uppercase()));
             let source = error
                 .metadata
                 .as_ref()
@@ -423,6 +425,30 @@ fn describe_load_error(error: &figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The dotted path of the setting an error is about, lowercased. For an
+/// unknown key figment's path usually ends with the key already (an unknown
+/// `EMAIL2FA_DELIVERY__CA_FIEL` is `delivery.ca_fiel`); it is added only
+/// when missing, so it is never named twice.
+fn setting_path(error: &figment::Error) -> Vec<String> {
+    let mut path: Vec<String> = error.path.iter().map(|p| p.to_lowercase()).collect();
+    if let figment::error::Kind::UnknownField(name, _) = &error.kind
+        && path.last() != Some(&name.to_lowercase())
+    {
+        path.push(name.to_lowercase());
+    }
+    path
+}
+
+/// The environment variable as the operator spelled it (figment lowercases
+/// what follows the prefix), or `canonical` when none is set (the setting
+/// came from the TOML file).
+fn given_variable(canonical: &str) -> String {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .find(|name| name.eq_ignore_ascii_case(canonical))
+        .unwrap_or_else(|| canonical.to_owned())
 }
 
 fn serialize_redacted<S: serde::Serializer>(

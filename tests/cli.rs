@@ -198,6 +198,18 @@ fn bad_settings_stop_start_up_naming_the_setting() {
         ),
         ("EMAIL2FA_LOG_FORMAT", "xml", "log_format"),
         ("EMAIL2FA_MASTER_KEY", "c2hvcnQ=", "EMAIL2FA_MASTER_KEY"),
+        // An unknown nested key is named once, exactly as it was given.
+        (
+            "EMAIL2FA_DELIVERY__CA_FIEL",
+            "/etc/ca.pem",
+            "EMAIL2FA_DELIVERY__CA_FIEL (delivery.ca_fiel,",
+        ),
+        (
+            "EMAIL2FA_Delivery__Ca_Fiel",
+            "/etc/ca.pem",
+            "EMAIL2FA_Delivery__Ca_Fiel (delivery.ca_fiel,",
+        ),
+        ("EMAIL2FA_LISTN", "127.0.0.1:1", "EMAIL2FA_LISTN (listn,"),
     ];
     for (key, value, named) in cases {
         let output = run(dir.path(), &[(key, value)], &["migrate"]);
@@ -577,5 +589,49 @@ fn open_connections_are_bounded() {
                 "not served after the slot freed: {other:?}"
             ),
         }
+    }
+}
+
+/// `EMAIL2FA_DELIVERY__CA_FILE` that cannot be used stops a process that
+/// sends, naming the setting and the file; a good one is accepted.
+#[test]
+fn a_ca_file_that_cannot_be_used_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").expect("write");
+    let broken = dir.path().join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    let missing = dir.path().join("missing.pem");
+    for file in [&junk, &broken, &missing] {
+        let file = file.to_str().expect("path");
+        let mut child = email2fa(dir.path(), &[("EMAIL2FA_DELIVERY__CA_FILE", file)])
+            .arg("worker")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn email2fa worker");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("email2fa worker started with the CA file {file}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut message = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut message)
+            .expect("stderr");
+        assert!(!status.success(), "{file}: {message}");
+        assert!(
+            message.contains("EMAIL2FA_DELIVERY__CA_FILE") && message.contains(file),
+            "{file}: {message}"
+        );
     }
 }

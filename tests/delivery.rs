@@ -197,7 +197,11 @@ async fn rejected_credentials_wait_the_longest_delay_instead_of_burning_attempts
         wait >= 50,
         "the next attempt waits the cap (60 s), not 2 s: {wait}"
     );
-    assert_eq!(attempts_and_status(&app, &delivery).await.0, 1);
+    assert_eq!(
+        attempts_and_status(&app, &delivery).await.0,
+        0,
+        "a 535 gives its attempt back"
+    );
     // Fixing the password lets the next email through at once.
     let fixed = app
         .post_signed("service_provider.upserted", json!({"id": "p1", "title": "Sink", "kind": "smtp",

@@ -126,7 +126,8 @@ pub struct DeadLetterView {
     /// When it gave up (RFC 3339).
     pub dead_at: String,
     /// `attempts_exhausted`, `rejected` (a permanent SMTP refusal),
-    /// `permanent` (e.g. its provider was deleted) or `render`.
+    /// `tls_failed` (the connection to the provider could not be made
+    /// secure), `permanent` (e.g. its provider was deleted) or `render`.
     pub reason: String,
 }
 

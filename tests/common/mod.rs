@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod ops;
+pub mod postfix;
 pub mod process;
 
 use std::sync::Arc;
@@ -401,13 +402,18 @@ impl TestApp {
     /// Points the tenant's mail at this app's SMTP sink: service provider
     /// `p1`, secondary auth provider `s1`, and the given settings.
     pub async fn configure_mail(&self, settings: Value) {
+        let sink = serde_json::json!({"host": "127.0.0.1", "port": self.sink.port(),
+            "security": "none", "from_address": "shop@acme.example", "from_name": "Acme Shop"});
+        self.configure_smtp(sink, settings).await;
+    }
+
+    /// Service provider `p1` with these `smtp` settings, secondary auth
+    /// provider `s1`, and the given tenant settings.
+    pub async fn configure_smtp(&self, smtp: Value, settings: Value) {
         let provider = self
             .post_signed(
                 "service_provider.upserted",
-                serde_json::json!({
-                "id": "p1", "title": "Test sink", "kind": "smtp",
-                "smtp": {"host": "127.0.0.1", "port": self.sink.port(), "security": "none",
-                         "from_address": "shop@acme.example", "from_name": "Acme Shop"}}),
+                serde_json::json!({"id": "p1", "title": "SMTP", "kind": "smtp", "smtp": smtp}),
             )
             .await;
         assert_eq!(provider.status, 200, "{:?}", provider.json());

@@ -10,6 +10,52 @@ use crate::db::{Db, Timestamp, Tx};
 use crate::deliveries::Delivery;
 use crate::{with_db, with_tx};
 
+/// Why a delivery gave up: the `reason` column of `dead_letters`, and of
+/// `GET /ops/dead-letters` and `email2fa dlq list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// Transient failures until the last attempt.
+    AttemptsExhausted,
+    /// The SMTP server refused the message for good (5xx, a rejected
+    /// recipient).
+    Rejected,
+    /// It can never be sent as it is (its provider was deleted, a bad
+    /// address).
+    Permanent,
+    /// Its template failed to render.
+    Render,
+    /// The connection to its provider could not be made secure (an
+    /// untrusted or wrong-host certificate, no STARTTLS where required).
+    TlsFailed,
+}
+
+impl DeadLetterReason {
+    /// Every reason, in the order the README lists them.
+    pub const ALL: [Self; 5] = [
+        Self::AttemptsExhausted,
+        Self::Rejected,
+        Self::TlsFailed,
+        Self::Permanent,
+        Self::Render,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AttemptsExhausted => "attempts_exhausted",
+            Self::Rejected => "rejected",
+            Self::Permanent => "permanent",
+            Self::Render => "render",
+            Self::TlsFailed => "tls_failed",
+        }
+    }
+
+    /// The reason a stored name stands for.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == name)
+    }
+}
+
 /// A dead letter row.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeadLetter {
@@ -27,7 +73,8 @@ pub struct DeadLetter {
     pub attempts: i32,
     /// The last failure.
     pub last_error: Option<String>,
-    /// `attempts_exhausted`, `rejected`, `permanent` or `render`.
+    /// A [`DeadLetterReason`] name: `attempts_exhausted`, `rejected`,
+    /// `tls_failed`, `permanent` or `render`.
     pub reason: String,
     /// When it gave up.
     pub dead_at: Timestamp,

@@ -13,6 +13,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row};
 
 use crate::db::{Db, Timestamp, Tx};
+use crate::dead_letters::DeadLetterReason;
 use crate::{with_db, with_tx};
 
 /// What the ingress asks the engine to send.
@@ -395,18 +396,23 @@ pub async fn mark_sent(
     Ok(())
 }
 
-/// Records a transient failure and when the next attempt is due.
+/// Records a transient failure and when the next attempt is due. An
+/// attempt that does not `count` (the provider refused our credentials:
+/// nothing about the message failed) is given back, so it does not bring
+/// the delivery closer to `max_attempts`.
 pub async fn mark_retrying(
     db: &Db,
     id: &str,
     error: &str,
     next_at: Timestamp,
     now: Timestamp,
+    count: bool,
 ) -> Result<(), sqlx::Error> {
+    let given_back = i32::from(!count);
     with_db!(db, pool => sqlx::query(
         "update deliveries set status = 'retrying', last_error = $2, next_attempt_at = $3, \
-            updated_at = $4, lease_until = null where id = $1")
-        .bind(id).bind(error).bind(next_at).bind(now)
+            updated_at = $4, lease_until = null, attempts = attempts - $5 where id = $1")
+        .bind(id).bind(error).bind(next_at).bind(now).bind(given_back)
         .execute(pool).await.map(|r| r.rows_affected()))?;
     Ok(())
 }
@@ -433,7 +439,7 @@ pub async fn mark_finished(
 pub async fn mark_dead(
     db: &Db,
     d: &Delivery,
-    reason: &str,
+    reason: DeadLetterReason,
     error: &str,
     now: Timestamp,
 ) -> Result<(), sqlx::Error> {
@@ -447,7 +453,7 @@ pub async fn mark_dead(
         "insert into dead_letters (id, tenant_id, delivery_id, kind, recipient, attempts, last_error, \
             reason, dead_at) values ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
         .bind(&letter_id).bind(&d.tenant_id).bind(&d.id).bind(&d.kind).bind(&d.recipient)
-        .bind(d.attempts).bind(error).bind(reason).bind(now)
+        .bind(d.attempts).bind(error).bind(reason.as_str()).bind(now)
         .execute(conn).await.map(|r| r.rows_affected()))?;
     tx.commit().await
 }

@@ -15,10 +15,17 @@
 //! (backon), never past the moment the email stops being useful; a permanent
 //! failure, or the last attempt, writes a dead letter. The job handler always
 //! returns normally once it has recorded what happened.
+//!
+//! Two failures are the provider's, not the message's, and mark it
+//! unhealthy ([`ProviderHealth`]): rejected credentials (535) wait the
+//! longest delay without using up an attempt, since every queued email
+//! would otherwise die of one wrong password; a connection that cannot be
+//! made secure (TLS) is dead-lettered at once as `tls_failed`, since no
+//! retry changes a certificate.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -29,8 +36,9 @@ use sqlx::sqlite::SqliteRow;
 
 use crate::batcher::Batcher;
 use crate::db::{Db, Timestamp};
-use crate::dead_letters::replace_ignoring_case;
+use crate::dead_letters::{DeadLetterReason, replace_ignoring_case};
 use crate::deliveries::{self, BatchClaim, Delivery, SentRecord};
+use crate::health::{ProviderHealth, ProviderProblem, UnhealthyProvider};
 use crate::queue::{EmailJob, Queue};
 use crate::render::{MessageKind, Renderer, TemplateContext, build_message};
 use crate::transport::{SendError, SmtpProvider, Transports};
@@ -162,7 +170,7 @@ struct Inner<S: MessageSource> {
     queue: Queue,
     renderer: Renderer,
     transports: Transports,
-    unhealthy: Mutex<HashMap<String, bool>>,
+    health: ProviderHealth,
     claims: Batcher<String, Result<Claim, Arc<str>>>,
     sent: Batcher<SentRecord, Result<(), Arc<str>>>,
 }
@@ -186,6 +194,16 @@ enum Claim {
     Expired(Delivery),
     /// Not claimable: the row's status, or `None` when it is not visible.
     NotClaimed(Option<String>),
+}
+
+/// Whether a failed attempt counts against the delivery's attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// The usual case: a transient failure of this attempt.
+    Counted,
+    /// The provider refused our credentials: not the message's fault, so
+    /// the attempt is given back and the next waits the longest delay.
+    ProviderBroken,
 }
 
 /// The outcome of one job, for tests and logs.
@@ -238,7 +256,7 @@ impl<S: MessageSource> Engine<S> {
                 queue,
                 renderer,
                 transports,
-                unhealthy: Mutex::default(),
+                health: ProviderHealth::default(),
                 claims,
                 sent,
             }),
@@ -287,14 +305,19 @@ impl<S: MessageSource> Engine<S> {
                         self.finish(&delivery, "discarded", &why).await?;
                         Ok(Outcome::Finished("discarded"))
                     }
-                    PrepareError::Permanent(why) => self.dead(&delivery, "permanent", &why).await,
-                    PrepareError::Transient(why) => self.retry(&delivery, &why, false).await,
+                    PrepareError::Permanent(why) => {
+                        self.dead(&delivery, DeadLetterReason::Permanent, &why)
+                            .await
+                    }
+                    PrepareError::Transient(why) => {
+                        self.retry(&delivery, &why, Retry::Counted).await
+                    }
                 };
             }
         };
         let message = match self.compose(&delivery, &prepared) {
             Ok(message) => message,
-            Err(why) => return self.dead(&delivery, "render", &why).await,
+            Err(why) => return self.dead(&delivery, DeadLetterReason::Render, &why).await,
         };
         let (message, message_id) = message;
         let started = std::time::Instant::now();
@@ -306,7 +329,7 @@ impl<S: MessageSource> Engine<S> {
         crate::metrics::send(&result, started.elapsed(), delivery.created_at);
         match result {
             Ok(reply) => {
-                self.set_health(&prepared.provider, true);
+                self.inner.health.clear(&prepared.provider);
                 let record = SentRecord {
                     id: delivery.id.clone(),
                     reply,
@@ -322,12 +345,21 @@ impl<S: MessageSource> Engine<S> {
                 tracing::info!(kind = %delivery.kind, attempts = delivery.attempts, "email sent");
                 Ok(Outcome::Sent)
             }
-            Err(SendError::Transient(why)) => self.retry(&delivery, &why, false).await,
+            Err(SendError::Transient(why)) => self.retry(&delivery, &why, Retry::Counted).await,
             Err(SendError::AuthFailed(why)) => {
-                self.set_health(&prepared.provider, false);
-                self.retry(&delivery, &why, true).await
+                let problem = ProviderProblem::CredentialsRejected(why.clone());
+                self.inner.health.mark(&prepared.provider, problem);
+                self.retry(&delivery, &why, Retry::ProviderBroken).await
             }
-            Err(SendError::Permanent(why)) => self.dead(&delivery, "rejected", &why).await,
+            Err(SendError::Tls(why)) => {
+                let problem = ProviderProblem::TlsFailed(why.clone());
+                self.inner.health.mark(&prepared.provider, problem);
+                self.dead(&delivery, DeadLetterReason::TlsFailed, &why)
+                    .await
+            }
+            Err(SendError::Permanent(why)) => {
+                self.dead(&delivery, DeadLetterReason::Rejected, &why).await
+            }
         }
     }
 
@@ -423,16 +455,19 @@ impl<S: MessageSource> Engine<S> {
         &self,
         delivery: &Delivery,
         why: &str,
-        provider_broken: bool,
+        kind: Retry,
     ) -> Result<Outcome, AttemptError> {
-        if delivery.attempts >= delivery.max_attempts {
-            return self.dead(delivery, "attempts_exhausted", why).await;
+        let counted = kind == Retry::Counted;
+        if counted && delivery.attempts >= delivery.max_attempts {
+            return self
+                .dead(delivery, DeadLetterReason::AttemptsExhausted, why)
+                .await;
         }
-        let delay = if provider_broken {
+        let delay = if counted {
+            self.delay_for(delivery.attempts)
+        } else {
             // Credentials fail for every message alike: wait the longest.
             self.config().backoff_cap
-        } else {
-            self.delay_for(delivery.attempts)
         };
         let now = Timestamp::now();
         let next = Timestamp::from(
@@ -442,7 +477,7 @@ impl<S: MessageSource> Engine<S> {
             deliveries::mark_finished(self.db(), &delivery.id, "expired", why, now).await?;
             return Ok(Outcome::Finished("expired"));
         }
-        deliveries::mark_retrying(self.db(), &delivery.id, why, next, now).await?;
+        deliveries::mark_retrying(self.db(), &delivery.id, why, next, now, counted).await?;
         let job = EmailJob {
             delivery_id: delivery.id.clone(),
         };
@@ -462,40 +497,17 @@ impl<S: MessageSource> Engine<S> {
     async fn dead(
         &self,
         delivery: &Delivery,
-        reason: &str,
+        reason: DeadLetterReason,
         why: &str,
     ) -> Result<Outcome, AttemptError> {
         deliveries::mark_dead(self.db(), delivery, reason, why, Timestamp::now()).await?;
-        tracing::warn!(kind = %delivery.kind, attempts = delivery.attempts, reason, error = %replace_ignoring_case(why, &delivery.recipient, "<recipient>"), "email dead-lettered");
+        tracing::warn!(kind = %delivery.kind, attempts = delivery.attempts, reason = reason.as_str(), error = %replace_ignoring_case(why, &delivery.recipient, "<recipient>"), "email dead-lettered");
         Ok(Outcome::Dead)
     }
 
-    fn set_health(&self, provider: &SmtpProvider, healthy: bool) {
-        let mut map = self
-            .inner
-            .unhealthy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let was_healthy = !map.get(&provider.key).copied().unwrap_or(false);
-        if healthy && !was_healthy {
-            map.remove(&provider.key);
-            tracing::info!(provider = %provider.key, "SMTP provider accepts our credentials again");
-        } else if !healthy && was_healthy {
-            map.insert(provider.key.clone(), true);
-            tracing::error!(provider = %provider.key, host = %provider.host,
-                "SMTP provider rejects our credentials (535): marked unhealthy; fix its username/password");
-        }
-        crate::metrics::unhealthy_providers(map.len());
-    }
-
-    /// Providers currently rejecting our credentials.
-    pub fn unhealthy_providers(&self) -> Vec<String> {
-        let map = self
-            .inner
-            .unhealthy
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.keys().cloned().collect()
+    /// Providers this process's workers currently see failing, and why.
+    pub fn unhealthy_providers(&self) -> Vec<UnhealthyProvider> {
+        self.inner.health.unhealthy()
     }
 
     /// Re-pushes deliveries the queue seems to have lost; returns how many.

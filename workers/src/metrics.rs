@@ -28,6 +28,7 @@ pub fn send(result: &Result<String, SendError>, took: Duration, created_at: Time
         Err(SendError::Transient(_)) => "transient",
         Err(SendError::AuthFailed(_)) => "auth_failed",
         Err(SendError::Permanent(_)) => "rejected",
+        Err(SendError::Tls(_)) => "tls_failed",
     };
     metrics::counter!("email2fa_delivery_attempts_total", "result" => label).increment(1);
     metrics::histogram!("email2fa_smtp_send_duration_seconds", "result" => label)
@@ -39,7 +40,8 @@ pub fn send(result: &Result<String, SendError>, took: Duration, created_at: Time
     }
 }
 
-/// Sets the number of SMTP providers rejecting our credentials.
+/// Sets the number of unhealthy SMTP providers (rejecting our credentials,
+/// or whose connection cannot be made secure).
 pub fn unhealthy_providers(count: usize) {
     metrics::gauge!("email2fa_smtp_providers_unhealthy").set(count as f64);
 }

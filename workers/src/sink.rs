@@ -6,8 +6,9 @@
 //! `RSET` between messages, pipelining, `AUTH PLAIN`/`LOGIN` over a plain
 //! connection) and lets a test script the failures a real relay produces:
 //! transient and permanent refusals at the end of `DATA`
-//! ([`SmtpSink::fail_next`]), refused recipients, wrong credentials, slow
-//! replies, and the whole server going down and coming back.
+//! ([`SmtpSink::fail_next`]), a connection dropped mid-`DATA`, refused
+//! recipients, wrong credentials, slow replies (or none), and the whole
+//! server going down and coming back.
 //!
 //! The hot path is built for thousands of messages per second: one buffered
 //! reader and writer per connection, replies flushed only when the client has
@@ -63,6 +64,9 @@ pub enum Fault {
     /// Any reply code with its text (one line; the enhanced status code, if
     /// wanted, goes at the start of the text).
     Custom(u16, String),
+    /// No reply at all: the connection is closed after the message was
+    /// read (a server that dies mid-`DATA`). The message is not kept.
+    Disconnect,
 }
 
 /// Counts of what the sink did, for asserting how many attempts were made.
@@ -78,6 +82,8 @@ pub struct SinkStats {
     pub auth_fails: usize,
     /// Replies given for [`Fault::Custom`].
     pub custom_faults: usize,
+    /// Connections closed mid-`DATA` for [`Fault::Disconnect`].
+    pub disconnects: usize,
     /// `RCPT TO` commands refused by [`SmtpSink::reject_recipient`].
     pub rejected_recipients: usize,
 }
@@ -128,6 +134,7 @@ struct Counters {
     rejects: AtomicUsize,
     auth_fails: AtomicUsize,
     custom_faults: AtomicUsize,
+    disconnects: AtomicUsize,
     rejected_recipients: AtomicUsize,
 }
 
@@ -261,6 +268,7 @@ impl SmtpSink {
             rejects: get(&counters.rejects),
             auth_fails: get(&counters.auth_fails),
             custom_faults: get(&counters.custom_faults),
+            disconnects: get(&counters.disconnects),
             rejected_recipients: get(&counters.rejected_recipients),
         }
     }
@@ -357,6 +365,7 @@ impl Shared {
             Fault::Reject => &self.counters.rejects,
             Fault::AuthFail => &self.counters.auth_fails,
             Fault::Custom(..) => &self.counters.custom_faults,
+            Fault::Disconnect => &self.counters.disconnects,
         };
         counter.fetch_add(1, Ordering::SeqCst);
         Some(fault)

@@ -1,6 +1,12 @@
 //! How messages leave: a pooled lettre SMTP transport per service provider
 //! (cached, rebuilt when the provider changes), or `.eml` files for demos,
-//! and the classification of every failure as transient or permanent.
+//! and the classification of every failure: transient, permanent, rejected
+//! credentials, or a connection that cannot be made secure.
+//!
+//! `starttls` and `tls` always check the server's certificate against the
+//! trusted roots ([`TrustedRoots`]) and the provider's host name; nothing
+//! ever falls back to plain text. Every read, write and TLS handshake is
+//! bounded by the SMTP timeout.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,7 +15,10 @@ use std::time::Duration;
 
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::Tls;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use crate::trust::TrustedRoots;
 
 /// How a provider's connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +61,19 @@ pub struct SmtpProvider {
     pub password: Option<String>,
 }
 
+impl SmtpProvider {
+    /// The provider without its version (`tenant:provider` of the key
+    /// `tenant:provider@version`): the same across its updates.
+    pub fn identity(&self) -> &str {
+        identity_of(&self.key)
+    }
+}
+
+/// `tenant:provider` of a provider key `tenant:provider@version`.
+pub fn identity_of(key: &str) -> &str {
+    key.rsplit_once('@').map_or(key, |(identity, _)| identity)
+}
+
 impl std::fmt::Debug for SmtpProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SmtpProvider")
@@ -84,16 +106,22 @@ pub enum SendError {
     /// The server refused our credentials (535): the provider is broken,
     /// not the message.
     AuthFailed(String),
+    /// The connection could not be made secure: a certificate from an
+    /// untrusted CA or for another host name, no STARTTLS offered where it
+    /// is required, a server that does not speak TLS. The provider's setup
+    /// (or the trusted CAs) must change; no retry fixes it.
+    Tls(String),
 }
 
 /// Classifies a lettre SMTP error. The text keeps the server's reply but
-/// never the message or the credentials.
+/// never the message or the credentials (lettre's errors carry neither).
 pub fn classify(error: &lettre::transport::smtp::Error) -> SendError {
     let text = error.to_string();
     match error.status().map(u16::from) {
         Some(535) => SendError::AuthFailed(text),
         Some(_) if error.is_permanent() => SendError::Permanent(text),
         Some(_) => SendError::Transient(text),
+        None if error.is_tls() => SendError::Tls(text),
         None if error.is_client() => SendError::Permanent(text),
         None => SendError::Transient(text),
     }
@@ -110,19 +138,21 @@ pub struct Transports {
     mode: MailMode,
     timeout: Duration,
     pool_size: u32,
+    roots: TrustedRoots,
     sends: Arc<tokio::sync::Semaphore>,
     cache: Arc<Mutex<HashMap<String, AsyncSmtpTransport<Tokio1Executor>>>>,
 }
 
 impl Transports {
-    /// Transports with an SMTP command timeout and a connection pool of
-    /// `pool_size` per provider.
-    pub fn new(mode: MailMode, timeout: Duration, pool_size: u32) -> Self {
+    /// Transports with an SMTP command timeout, a connection pool of
+    /// `pool_size` per provider, and the roots their TLS connections trust.
+    pub fn new(mode: MailMode, timeout: Duration, pool_size: u32, roots: TrustedRoots) -> Self {
         let pool_size = pool_size.max(1);
         Self {
             mode,
             timeout,
             pool_size,
+            roots,
             sends: Arc::new(tokio::sync::Semaphore::new(
                 usize::try_from(pool_size).unwrap_or(usize::MAX),
             )),
@@ -141,19 +171,24 @@ impl Transports {
         if let Some(transport) = cache.get(&provider.key) {
             return Ok(transport.clone());
         }
-        let builder = match provider.security {
-            Security::Starttls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&provider.host)
+        let tls = match provider.security {
+            Security::None => Tls::None,
+            secured => {
+                let parameters = self.roots.parameters(&provider.host).map_err(|e| {
+                    SendError::Tls(format!("cannot configure TLS for {}: {e}", provider.host))
+                })?;
+                if secured == Security::Tls {
+                    Tls::Wrapper(parameters)
+                } else {
+                    Tls::Required(parameters)
+                }
             }
-            Security::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&provider.host),
-            Security::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
-                &provider.host,
-            )),
-        }
-        .map_err(|e| {
-            SendError::Permanent(format!("cannot configure TLS for {}: {e}", provider.host))
-        })?;
-        let mut builder = builder
+        };
+        // `builder_dangerous` only means "no TLS unless told": the line
+        // after sets it (Required: STARTTLS or nothing; Wrapper: TLS from
+        // the first byte).
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&provider.host)
+            .tls(tls)
             .port(provider.port)
             .timeout(Some(self.timeout))
             .pool_config(PoolConfig::new().max_size(self.pool_size));
@@ -164,11 +199,7 @@ impl Transports {
         }
         let transport = builder.build();
         // An older version of this provider is dropped with its pool.
-        let prefix = match provider.key.rsplit_once('@') {
-            Some((name, _)) => format!("{name}@"),
-            None => provider.key.clone(),
-        };
-        cache.retain(|key, _| !key.starts_with(&prefix));
+        cache.retain(|key, _| identity_of(key) != provider.identity());
         cache.insert(provider.key.clone(), transport.clone());
         Ok(transport)
     }

@@ -12,6 +12,8 @@ use axum::response::Html;
 use handlebars::Handlebars;
 use serde::Serialize;
 
+use email2fa_workers::dead_letters::DeadLetterReason;
+use email2fa_workers::health::{ProviderProblem, UnhealthyProvider};
 use email2fa_workers::stats::{self, MinuteCounts, ProviderActivity};
 
 use super::OpsAuth;
@@ -54,7 +56,8 @@ struct Page {
     failure_class: &'static str,
     providers: Vec<ProviderRow>,
     health_known: bool,
-    unhealthy: Vec<String>,
+    credentials_rejected: Vec<ProblemRow>,
+    tls_failed: Vec<ProblemRow>,
     dead_letters: Vec<LetterRow>,
     shown: usize,
     more_dead_letters: bool,
@@ -80,6 +83,14 @@ struct ProviderRow {
     last_sent_at: String,
     status: &'static str,
     status_label: &'static str,
+}
+
+/// An unhealthy provider on the page.
+#[derive(Debug, Serialize)]
+struct ProblemRow {
+    provider: String,
+    host: String,
+    detail: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -122,6 +133,7 @@ async fn gather(state: &AppState) -> Result<Page, ApiError> {
     let filter = ops::filter("tenant", None, None, None)?;
     let letters = ops::list(&state.store, filter, DEAD_LETTERS_SHOWN, None).await?;
     let unhealthy = state.ops.unhealthy_providers.as_ref().map(|probe| probe());
+    let (credentials_rejected, tls_failed) = problem_rows(unhealthy.as_deref().unwrap_or_default());
     let (sent_total, dead_total) = minutes
         .iter()
         .fold((0, 0), |(s, d), m| (s + m.sent, d + m.dead));
@@ -151,11 +163,8 @@ async fn gather(state: &AppState) -> Result<Page, ApiError> {
         }),
         providers: activity.into_iter().map(|a| provider_row(a, now)).collect(),
         health_known: unhealthy.is_some(),
-        unhealthy: unhealthy
-            .unwrap_or_default()
-            .iter()
-            .map(|k| provider_name(k))
-            .collect(),
+        credentials_rejected,
+        tls_failed,
         more_dead_letters: letters.next_cursor.is_some(),
         shown: letters.dead_letters.len(),
         dead_letters: letters
@@ -220,11 +229,21 @@ fn provider_row(a: ProviderActivity, now: Timestamp) -> ProviderRow {
     }
 }
 
-/// `tenant:provider@version` (the engine's key) without the version.
-fn provider_name(key: &str) -> String {
-    key.split_once('@')
-        .map_or(key, |(name, _)| name)
-        .to_string()
+/// The unhealthy providers as two lists: credentials rejected, TLS failed.
+fn problem_rows(unhealthy: &[UnhealthyProvider]) -> (Vec<ProblemRow>, Vec<ProblemRow>) {
+    let (mut credentials, mut tls) = (Vec::new(), Vec::new());
+    for entry in unhealthy {
+        let (list, detail) = match &entry.problem {
+            ProviderProblem::CredentialsRejected(reply) => (&mut credentials, reply),
+            ProviderProblem::TlsFailed(why) => (&mut tls, why),
+        };
+        list.push(ProblemRow {
+            provider: entry.provider.clone(),
+            host: entry.host.clone(),
+            detail: detail.clone(),
+        });
+    }
+    (credentials, tls)
 }
 
 fn letter_row(letter: DeadLetterView, now: Timestamp) -> LetterRow {
@@ -237,11 +256,12 @@ fn letter_row(letter: DeadLetterView, now: Timestamp) -> LetterRow {
             "login_code" => "Login code",
             _ => "Factor removed",
         },
-        reason_label: match letter.reason.as_str() {
-            "attempts_exhausted" => "Retries exhausted",
-            "rejected" => "Rejected by SMTP",
-            "render" => "Could not render",
-            _ => "Cannot be sent",
+        reason_label: match DeadLetterReason::parse(&letter.reason) {
+            Some(DeadLetterReason::AttemptsExhausted) => "Retries exhausted",
+            Some(DeadLetterReason::Rejected) => "Rejected by SMTP",
+            Some(DeadLetterReason::TlsFailed) => "TLS failed",
+            Some(DeadLetterReason::Render) => "Could not render",
+            Some(DeadLetterReason::Permanent) | None => "Cannot be sent",
         },
         dead_ago,
         letter,
@@ -327,12 +347,19 @@ mod tests {
             failure_class: "bad",
             providers: vec![],
             health_known: true,
-            unhealthy: vec!["acme:p1".into()],
+            credentials_rejected: vec![],
+            tls_failed: vec![ProblemRow {
+                provider: "acme:p1".into(),
+                host: "smtp.acme.example".into(),
+                detail: "invalid peer certificate: UnknownIssuer".into(),
+            }],
             dead_letters: vec![letter_row(letter, now)],
             shown: 1,
             more_dead_letters: false,
         };
         let html = TEMPLATES.render("dashboard", &page).expect("renders");
         assert!(html.contains("data-dead-letter=\"01J\""));
+        assert!(html.contains("TLS failed"));
+        assert!(html.contains("UnknownIssuer"));
     }
 }

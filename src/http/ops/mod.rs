@@ -28,9 +28,10 @@ use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
 
-/// What the engine of this process says about its SMTP providers: the keys
-/// of those rejecting our credentials.
-pub type UnhealthyProviders = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+/// What the engine of this process says about its SMTP providers: those
+/// rejecting our credentials or failing TLS, and why.
+pub type UnhealthyProviders =
+    Arc<dyn Fn() -> Vec<email2fa_workers::health::UnhealthyProvider> + Send + Sync>;
 
 /// The ops API's configuration.
 #[derive(Clone, Default)]

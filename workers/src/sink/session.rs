@@ -299,6 +299,12 @@ impl Conn<'_> {
                 let text = text.replace(['\r', '\n'], " ");
                 self.reply(&format!("{code} {text}\r\n")).await
             }
+            // Ending the session drops the stream: the client sees the
+            // connection close where it waits for the reply to its message.
+            Fault::Disconnect => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "Fault::Disconnect closed the connection mid-DATA",
+            )),
         }
     }
 

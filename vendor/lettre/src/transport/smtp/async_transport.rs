@@ -77,11 +77,14 @@ impl AsyncTransport for AsyncSmtpTransport<Tokio1Executor> {
             // email2fa patch: a pooled connection reused without a NOOP
             // failed before the server took the message (closed since it
             // was parked, or the server said 421 "closing"): nothing was
-            // sent, so send once more on a new connection.
+            // sent, so send once more on a new connection. Not after a
+            // timeout: a server that stopped answering would most likely
+            // keep a new connection waiting as long again.
             Err(error)
                 if conn.untested()
                     && !conn.content_started()
                     && !error.is_client()
+                    && !error.is_timeout()
                     && error.status().is_none_or(|code| u16::from(code) == 421) =>
             {
                 #[cfg(feature = "tracing")]

@@ -9,7 +9,7 @@ use super::escape_crlf;
 #[allow(deprecated)]
 use super::{
     ClientCodec, MAX_RESPONSE_BYTES, MAX_RESPONSE_LINE_BYTES, TlsParameters,
-    async_net::AsyncNetworkStream,
+    async_net::{AsyncNetworkStream, within},
 };
 use crate::{
     Envelope,
@@ -48,6 +48,9 @@ pub struct AsyncSmtpConnection {
     /// email2fa patch: whether the current `send` has begun writing the
     /// message content (before that, the server cannot have accepted it).
     content_started: bool,
+    /// email2fa patch: how long each read, write and TLS handshake may take
+    /// (`None`: unbounded, as upstream).
+    timeout: Option<Duration>,
 }
 
 impl AsyncSmtpConnection {
@@ -67,7 +70,7 @@ impl AsyncSmtpConnection {
     ) -> Result<AsyncSmtpConnection, Error> {
         #[allow(deprecated)]
         let stream = AsyncNetworkStream::use_existing_tokio1(stream);
-        Self::connect_impl(stream, hello_name).await
+        Self::connect_impl(stream, hello_name, None).await
     }
 
     /// Connects to the configured server
@@ -113,7 +116,7 @@ impl AsyncSmtpConnection {
         let stream =
             AsyncNetworkStream::connect_tokio1(server, timeout, tls_parameters, local_address)
                 .await?;
-        Self::connect_impl(stream, hello_name).await
+        Self::connect_impl(stream, hello_name, timeout).await
     }
 
     /// Connects to the configured server
@@ -129,13 +132,14 @@ impl AsyncSmtpConnection {
     ) -> Result<AsyncSmtpConnection, Error> {
         #[allow(deprecated)]
         let stream = AsyncNetworkStream::connect_asyncstd1(server, timeout, tls_parameters).await?;
-        Self::connect_impl(stream, hello_name).await
+        Self::connect_impl(stream, hello_name, None).await
     }
 
     #[allow(deprecated)]
     async fn connect_impl(
         stream: AsyncNetworkStream,
         hello_name: &ClientId,
+        timeout: Option<Duration>,
     ) -> Result<AsyncSmtpConnection, Error> {
         let stream = BufReader::new(stream);
         let mut conn = AsyncSmtpConnection {
@@ -143,6 +147,7 @@ impl AsyncSmtpConnection {
             panic: false,
             server_info: ServerInfo::default(),
             content_started: false,
+            timeout,
         };
         // TODO log
         let _response = conn.read_response().await?;
@@ -258,13 +263,19 @@ impl AsyncSmtpConnection {
     ) -> Result<(), Error> {
         if self.server_info.supports_feature(Extension::StartTls) {
             try_smtp!(self.command(Starttls).await, self);
-            self.stream.get_mut().upgrade_tls(tls_parameters).await?;
+            // email2fa patch: the handshake is bounded by the timeout too.
+            within(self.timeout, self.stream.get_mut().upgrade_tls(tls_parameters)).await?;
             #[cfg(feature = "tracing")]
             tracing::debug!("connection encrypted");
             // Send EHLO again
             try_smtp!(self.ehlo(hello_name).await, self);
             Ok(())
         } else {
+            // email2fa patch: a TLS error (the connection cannot be made
+            // secure), not a client one.
+            #[cfg(any(feature = "native-tls", feature = "rustls", feature = "boring-tls"))]
+            return Err(error::tls("STARTTLS is not supported on this server"));
+            #[cfg(not(any(feature = "native-tls", feature = "rustls", feature = "boring-tls")))]
             Err(error::client("STARTTLS is not supported on this server"))
         }
     }
@@ -302,7 +313,12 @@ impl AsyncSmtpConnection {
 
     /// Checks if the server is connected using the NOOP SMTP command
     pub async fn test_connected(&mut self) -> bool {
-        self.command(Noop).await.is_ok()
+        self.noop().await.is_ok()
+    }
+
+    /// email2fa patch: sends a NOOP and says why it failed, if it did.
+    pub async fn noop(&mut self) -> Result<Response, Error> {
+        self.command(Noop).await
     }
 
     /// Sends an AUTH command with the given mechanism, and handles the challenge if needed
@@ -372,8 +388,22 @@ impl AsyncSmtpConnection {
         self.read_response().await
     }
 
-    /// Writes a string to the server
+    /// Writes a string to the server (email2fa patch: within the timeout; a
+    /// write or read that runs out leaves the connection broken, so it is
+    /// never reused and `abort` does not wait for a reply to `QUIT`).
     async fn write(&mut self, string: &[u8]) -> Result<(), Error> {
+        let result = within(self.timeout, self.write_unbounded(string)).await;
+        self.break_on_timeout(result)
+    }
+
+    fn break_on_timeout<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if result.as_ref().is_err_and(Error::is_timeout) {
+            self.panic = true;
+        }
+        result
+    }
+
+    async fn write_unbounded(&mut self, string: &[u8]) -> Result<(), Error> {
         self.stream
             .get_mut()
             .write_all(string)
@@ -390,8 +420,13 @@ impl AsyncSmtpConnection {
         Ok(())
     }
 
-    /// Gets the SMTP response
+    /// Gets the SMTP response (email2fa patch: within the timeout)
     pub async fn read_response(&mut self) -> Result<Response, Error> {
+        let result = within(self.timeout, self.read_response_unbounded()).await;
+        self.break_on_timeout(result)
+    }
+
+    async fn read_response_unbounded(&mut self) -> Result<Response, Error> {
         let mut buffer = String::with_capacity(100);
         let mut pre = 0;
 

@@ -201,7 +201,9 @@ impl AsyncNetworkStream {
         let mut stream =
             AsyncNetworkStream::new(InnerAsyncNetworkStream::Tokio1Tcp(Box::new(tcp_stream)));
         if let Some(tls_parameters) = tls_parameters {
-            stream.upgrade_tls(tls_parameters).await?;
+            // email2fa patch: the handshake is bounded by the timeout too (a
+            // server that accepts and never answers held it forever).
+            within(timeout, stream.upgrade_tls(tls_parameters)).await?;
         }
         Ok(stream)
     }
@@ -287,9 +289,9 @@ impl AsyncNetworkStream {
                     unreachable!()
                 };
 
-                self.inner = Self::upgrade_tokio1_tls(tcp_stream, tls_parameters)
-                    .await
-                    .map_err(error::connection)?;
+                // email2fa patch: the handshake's error as it is (a TLS
+                // error stays one), not wrapped in a connection error.
+                self.inner = Self::upgrade_tokio1_tls(tcp_stream, tls_parameters).await?;
                 Ok(())
             }
             #[cfg(all(feature = "async-std1", not(feature = "async-std1-rustls")))]
@@ -363,7 +365,7 @@ impl AsyncNetworkStream {
                     let stream = connector
                         .connect(domain.to_owned(), tcp_stream)
                         .await
-                        .map_err(error::connection)?;
+                        .map_err(rustls_handshake_error)?;
                     Ok(InnerAsyncNetworkStream::Tokio1Rustls(stream))
                 };
             }
@@ -689,4 +691,45 @@ impl FuturesAsyncWrite for AsyncNetworkStream {
             }
         }
     }
+}
+
+/// email2fa patch: a handshake that rustls refused (a certificate from an
+/// untrusted issuer or for another host name, a server that does not speak
+/// TLS) is a TLS error, which no retry fixes; an I/O failure during the
+/// handshake (a reset, end of stream) stays a connection error.
+#[cfg(feature = "tokio1-rustls")]
+fn rustls_handshake_error(error: std::io::Error) -> Error {
+    if error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>())
+    {
+        error::tls(error)
+    } else {
+        error::connection(error)
+    }
+}
+
+/// email2fa patch: runs one step of an SMTP conversation (a read, a write,
+/// a TLS handshake) within `limit`. lettre's tokio client bounded only the
+/// TCP connect, so a server that accepted and then never answered held a
+/// send forever. Running out is a network error whose source is an
+/// `io::ErrorKind::TimedOut` error, so [`Error::is_timeout`] is true.
+/// Only the tokio executor has a timer here; with async-std the step runs
+/// unbounded, as before.
+pub(crate) async fn within<T>(
+    limit: Option<Duration>,
+    step: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    #[cfg(feature = "tokio1")]
+    if let Some(limit) = limit {
+        return match tokio1_crate::time::timeout(limit, step).await {
+            Ok(result) => result,
+            Err(_) => Err(error::network(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the SMTP server did not answer within {} s", limit.as_secs_f64()),
+            ))),
+        };
+    }
+    let _ = limit;
+    step.await
 }

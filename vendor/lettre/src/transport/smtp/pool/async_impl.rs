@@ -184,12 +184,21 @@ impl<E: Executor> Pool<E> {
                     let mut conn = conn.unpark();
 
                     // TODO: handle the client try another connection if this one isn't good
-                    if !untested && !conn.test_connected().await {
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!("dropping a broken connection");
+                    if !untested {
+                        // email2fa patch: a server that does not answer the
+                        // NOOP within the timeout is hung, not just closed;
+                        // a new connection would wait as long again, so the
+                        // send ends here with the timeout.
+                        if let Err(error) = conn.noop().await {
+                            #[cfg(feature = "tracing")]
+                            tracing::debug!("dropping a broken connection");
 
-                        conn.abort().await;
-                        continue;
+                            conn.abort().await;
+                            if error.is_timeout() {
+                                return Err(error);
+                            }
+                            continue;
+                        }
                     }
 
                     #[cfg(feature = "tracing")]
