@@ -19,6 +19,7 @@ use email2fa_workers::transport::{MailMode, Transports};
 use email2fa_workers::trust::TrustedRoots;
 use tokio::sync::watch;
 
+use crate::background::Background;
 use crate::crypto::{self, MasterKey};
 use crate::delivery::ServiceSource;
 use crate::http::ops::{OpsConfig, UnhealthyProviders};
@@ -185,7 +186,7 @@ pub fn start_workers(
     };
     let sweeper = engine.clone();
     let sweep_stop = shutdown.clone();
-    tokio::spawn(async move {
+    Background::process().spawn("outbox sweep", async move {
         sweeper
             .run_sweeper(Duration::from_secs(10), sweep_stop.wait())
             .await;
@@ -311,7 +312,7 @@ pub async fn start_metrics_listener(settings: &Settings, store: &Store) -> anyho
         .with_context(|| format!("failed to listen on {addr} (EMAIL2FA_METRICS_LISTEN)"))?;
     let addr = listener.local_addr()?;
     crate::metrics::spawn_refresh(store.db().clone());
-    tokio::spawn(async move {
+    Background::process().spawn("metrics listener", async move {
         if let Err(error) = axum::serve(listener, http::metrics_router()).await {
             tracing::error!(%error, "the metrics listener failed");
         }
@@ -322,7 +323,7 @@ pub async fn start_metrics_listener(settings: &Settings, store: &Store) -> anyho
 
 /// Forgets idempotency receipts older than the retention, every 10 minutes.
 fn spawn_receipt_pruning(store: Store, hours: i64) {
-    tokio::spawn(async move {
+    Background::process().spawn("receipt pruning", async move {
         let mut interval = tokio::time::interval(Duration::from_secs(600));
         loop {
             interval.tick().await;
@@ -339,13 +340,13 @@ fn spawn_receipt_pruning(store: Store, hours: i64) {
 /// Keeps the planner statistics of the tables fresh on PostgreSQL
 /// ([`Store::analyze_grown_tables`]): every 2 s, the tables that changed
 /// noticeably since their last analysis, in every long-running process.
-/// Ends when the runtime does.
+/// Stops with the process's other [`Background`] loops.
 pub fn keep_statistics_fresh(store: &Store) {
     if !store.batches_lock() {
         return; // SQLite: see `SQLite housekeeping` in the README
     }
     let store = store.clone();
-    tokio::spawn(async move {
+    Background::process().spawn("planner statistics", async move {
         let mut ticker = tokio::time::interval(crate::store::STATISTICS_CHECK);
         loop {
             ticker.tick().await;
@@ -391,6 +392,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let _ = stop.send(true);
     server.task.await.context("the server task failed")??;
     workers.await.context("the worker task failed")??;
+    Background::process().stop().await;
     store.db().close().await;
     tracing::info!("email2fa stopped");
     Ok(())
@@ -406,6 +408,7 @@ pub async fn ingress(settings: Settings) -> anyhow::Result<()> {
     start_metrics_listener(&settings, &store).await?;
     let server = start(Arc::new(settings), store.clone(), queue, signal).await?;
     server.task.await.context("the server task failed")??;
+    Background::process().stop().await;
     store.db().close().await;
     tracing::info!("email2fa ingress stopped");
     Ok(())
@@ -429,6 +432,7 @@ pub async fn work(settings: Settings) -> anyhow::Result<()> {
     signal.await;
     let _ = stop.send(true);
     workers.await.context("the worker task failed")??;
+    Background::process().stop().await;
     store.db().close().await;
     tracing::info!("email2fa workers stopped");
     Ok(())

@@ -7,6 +7,7 @@
 //! tests and the benchmark drive the same code.
 
 pub mod app;
+pub mod background;
 pub mod cli;
 pub mod crypto;
 pub mod delivery;

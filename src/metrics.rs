@@ -160,7 +160,7 @@ pub async fn refresh(db: &Db) -> Result<(), sqlx::Error> {
 /// exporter's histogram buffers) for as long as the process runs.
 pub fn spawn_refresh(db: Db) {
     let Some(handle) = handle() else { return };
-    tokio::spawn(async move {
+    crate::background::Background::process().spawn("queue gauges", async move {
         let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
         loop {
             ticker.tick().await;

@@ -222,6 +222,15 @@ async fn a_worker_stopped_with_sigterm_finishes_its_sends_and_loses_nothing(app:
     .await;
     let status = first.signal("TERM");
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    // Its background loops (the outbox sweep; planner statistics on
+    // PostgreSQL) ended before the pool was closed under them.
+    let log = first.log_tail();
+    let stopped = log.find("background tasks stopped");
+    let exited = log.find("email2fa workers stopped");
+    assert!(
+        stopped.is_some() && stopped < exited,
+        "the loops stop before the exit; worker log:\n{log}"
+    );
     let sending = app
         .count("select count(*) from deliveries where status = 'sending'")
         .await;

@@ -110,7 +110,7 @@ impl Store {
             return;
         };
         let (pool, cache) = (pool.clone(), self.tenant_cache.clone());
-        tokio::spawn(async move {
+        crate::background::Background::process().spawn("tenant change listener", async move {
             loop {
                 let listening = async {
                     let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
