@@ -1,7 +1,7 @@
 //! Property tests of everything the ingress parses from a host: the
 //! Standard Webhooks headers and signature check, the envelope, every
 //! event's data, and the ingress's answer to garbage (the real service on
-//! SQLite, as in `tests/webhooks.rs`).
+//! SQLite, and PostgreSQL when configured, as in `tests/webhooks.rs`).
 //!
 //! Each property runs a bounded number of cases in `cargo test` (see
 //! [`cases::config`]); `PROPTEST_CASES=100000 cargo test --test properties` runs
@@ -694,7 +694,9 @@ fn assert_contract_answer(answer: &TestResponse) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Runs `check` against the real service for each case of `strategy`.
+/// Runs `check` against the real service for each case of `strategy`: on
+/// SQLite, and on PostgreSQL too when `EMAIL2FA_TEST_DATABASE_URL` is set
+/// (PostgreSQL refuses NUL in text, so what reaches it unchecked shows).
 fn against_the_service<S: Strategy>(
     cases: u32,
     strategy: S,
@@ -705,17 +707,20 @@ fn against_the_service<S: Strategy>(
         .enable_all()
         .build()
         .expect("a runtime");
-    let app = runtime.block_on(async {
-        let app = TestApp::sqlite().await;
-        app.configure_mail(json!({"customer_2fa_allowed": true, "admin_2fa_allowed": true}))
-            .await;
-        app
+    let apps = runtime.block_on(async {
+        let mut apps = vec![TestApp::sqlite().await];
+        apps.extend(TestApp::postgres().await);
+        for app in &apps {
+            app.configure_mail(json!({"customer_2fa_allowed": true, "admin_2fa_allowed": true}))
+                .await;
+        }
+        apps
     });
-    let mut runner = TestRunner::new(cases::config(cases));
-    let result = runner.run(&strategy, |value| check(&runtime, &app, value));
-    drop(app);
-    if let Err(error) = result {
-        panic!("{error}");
+    for app in &apps {
+        let mut runner = TestRunner::new(cases::config(cases));
+        if let Err(error) = runner.run(&strategy, |value| check(&runtime, app, value)) {
+            panic!("on {}: {error}", app.settings.database_url);
+        }
     }
 }
 
