@@ -399,8 +399,10 @@ proptest! {
         // A name that itself looks like an RFC 2047 encoded word is
         // written as typed and decoded by readers: the sender's own text,
         // shown differently, never a header of its own (checked above).
-        // Runs of white space may fold to one space on the way.
-        let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+        // White space may change on the way: runs fold, and lettre writes
+        // the run between two encoded words as is, which readers drop
+        // (RFC 2047), so "﹨  𐤿" reads as "﹨𐤿".
+        let words = |text: &str| text.split_whitespace().collect::<String>();
         if !rendered.subject.contains("=?") {
             prop_assert_eq!(parsed.subject().map(words), Some(words(&rendered.subject)));
         }

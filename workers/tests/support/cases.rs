@@ -12,11 +12,15 @@ pub fn config(default: u32) -> Config {
         failure_persistence: None,
         ..Config::default()
     };
-    match std::env::var_os("PROPTEST_CASES") {
-        Some(_) => config,
-        None => Config {
-            cases: default,
-            ..config
-        },
+    let cases = match std::env::var_os("PROPTEST_CASES") {
+        Some(_) => config.cases,
+        None => default,
+    };
+    // A property that assumes (skips inputs) may skip about as many cases
+    // as it runs; proptest's fixed 1,024 would end a long run early.
+    Config {
+        cases,
+        max_global_rejects: cases.max(1024),
+        ..config
     }
 }
