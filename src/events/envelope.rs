@@ -141,6 +141,12 @@ impl<'a> Envelope<'a> {
         let malformed = |message: String| EnvelopeError::Malformed(message);
         let text = std::str::from_utf8(body)
             .map_err(|_| malformed("the body is not UTF-8 JSON".into()))?;
+        // serde would also take the fields as an array, in order.
+        if !text.trim_start().starts_with('{') {
+            return Err(malformed(
+                "the body must be a JSON object {\"type\", \"timestamp\", \"data\"}".into(),
+            ));
+        }
         let raw: RawEnvelope<'a> = serde_json::from_str(text).map_err(|e| {
             malformed(format!(
                 "the body is not a JSON envelope {{\"type\", \"timestamp\", \"data\"}}: {e}"
@@ -197,7 +203,10 @@ mod tests {
 
     #[test]
     fn broken_envelopes_say_what_is_missing() {
-        assert!(malformed("not json").contains("not a JSON envelope"));
+        assert!(malformed("not json").contains("JSON object"));
+        assert!(malformed("{not json").contains("not a JSON envelope"));
+        // Found by tests/properties.rs: an array of the three fields passed.
+        assert!(malformed(r#"["user.status", null, {"user_id": "u1"}]"#).contains("JSON object"));
         assert!(malformed(r#"{"data":{}}"#).contains("lacks \"type\""));
         assert!(malformed(r#"{"type":"user.status"}"#).contains("lacks \"data\""));
         assert!(malformed(r#"{"type":"user.status","data":[1]}"#).contains("JSON object"));

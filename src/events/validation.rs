@@ -30,7 +30,12 @@ impl FieldError {
 pub fn parse_data<T: DeserializeOwned>(data: &RawValue) -> Result<T, Vec<FieldError>> {
     let mut deserializer = serde_json::Deserializer::from_str(data.get());
     serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
+        // The root prints as ".", and so does a field named "."; only the
+        // segments tell them apart.
+        let path = match error.path().iter().next() {
+            Some(_) => error.path().to_string(),
+            None => String::new(),
+        };
         let inner = error.into_inner().to_string();
         vec![field_error_from_serde(&path, &inner)]
     })
@@ -38,7 +43,6 @@ pub fn parse_data<T: DeserializeOwned>(data: &RawValue) -> Result<T, Vec<FieldEr
 
 fn field_error_from_serde(path: &str, message: &str) -> FieldError {
     let message = message.split(" at line ").next().unwrap_or(message);
-    let path = if path == "." { "" } else { path };
     // An unknown field's path already ends with its name; a missing field's
     // path is its parent's, and serde names the field in the message.
     if let Some(rest) = message.strip_prefix("unknown field `") {
@@ -164,6 +168,13 @@ mod tests {
             errors(r#"{"id":"a","smtp":{"port":70000}}"#)[0].field,
             "smtp.port"
         );
+        // Found by tests/properties.rs: a field named "." was named "".
+        let dot = &errors(r#"{".":null,"id":"a","smtp":{"port":1}}"#)[0];
+        assert_eq!(
+            (dot.field.as_str(), dot.message.starts_with("unknown field")),
+            (".", true)
+        );
+        assert_eq!(errors("[]")[0].field, "data");
     }
 
     #[test]
