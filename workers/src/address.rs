@@ -48,8 +48,12 @@ fn checked(text: &str) -> Result<(Address, String), AddressError> {
     let (local, domain) = text.rsplit_once('@').ok_or(AddressError::Invalid)?;
     let domain = idna::domain_to_ascii(domain).map_err(|_| AddressError::Invalid)?;
     let normalized = format!("{local}@{domain}");
-    // The text as typed had no white space: its domain is what is wrong.
-    sendable(&normalized).map_err(|_| AddressError::Invalid)?;
+    // Usually the text as typed (a lowercase ASCII domain), checked
+    // already. Otherwise the text had no white space: a refusal of the
+    // normalized form is its domain's fault.
+    if normalized != text {
+        sendable(&normalized).map_err(|_| AddressError::Invalid)?;
+    }
     Ok((address, normalized))
 }
 
