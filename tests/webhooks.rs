@@ -464,6 +464,34 @@ async fn invalid_data_lists_every_field_problem(app: TestApp) {
         "service_provider_id"
     );
 
+    // serde's derived structs would take an object's fields as an array, in
+    // order; the contract's nested objects are objects.
+    for (event, data, field) in [
+        (
+            "enrollment.started",
+            json!({"user": ["u1", "customer"], "email": "jane@example.com"}),
+            "user",
+        ),
+        (
+            "login.started",
+            json!({"user": ["u1", "admin", "jane@example.com"]}),
+            "user",
+        ),
+        (
+            "service_provider.upserted",
+            json!({"id": "p1", "title": "Mail", "kind": "smtp",
+                   "smtp": ["localhost", 25, "none", "shop@example.com"]}),
+            "smtp",
+        ),
+    ] {
+        let array = app.post_signed(event, data).await;
+        assert_eq!(
+            array.assert_problem(422, "validation_failed")["errors"][0]["field"],
+            field,
+            "{event}"
+        );
+    }
+
     let injected = app
         .post_signed("service_provider.upserted", json!({"id": "p1", "title": "Mail", "kind": "smtp",
             "smtp": {"host": "localhost", "port": 25, "security": "none",

@@ -81,6 +81,7 @@ impl User {
 #[serde(deny_unknown_fields)]
 pub struct EnrollmentStarted {
     /// Who enrolls.
+    #[serde(deserialize_with = "super::validation::object")]
     pub user: User,
     /// The address to enroll (customers type it in; admins default to `user.email`).
     #[serde(default)]
@@ -177,6 +178,7 @@ impl Verify {
 #[serde(deny_unknown_fields)]
 pub struct LoginStarted {
     /// Who logs in.
+    #[serde(deserialize_with = "super::validation::object")]
     pub user: User,
     /// The host's "Trust this device" cookie, if the browser sent one.
     #[serde(default)]

@@ -74,6 +74,7 @@ pub struct ServiceProviderUpserted {
     /// Only `smtp` is supported.
     pub kind: String,
     /// SMTP details.
+    #[serde(deserialize_with = "super::validation::object")]
     pub smtp: SmtpSettings,
 }
 

@@ -2,8 +2,8 @@
 //! reported as a `{"field", "message"}` pair (the 422 `validation_failed`
 //! answer), and the checks serde cannot express.
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 /// One problem with one field of `data`.
@@ -39,6 +39,45 @@ pub fn parse_data<T: DeserializeOwned>(data: &RawValue) -> Result<T, Vec<FieldEr
         let inner = error.into_inner().to_string();
         vec![field_error_from_serde(&path, &inner)]
     })
+}
+
+/// `deserialize_with` for an object nested in `data` (`user`, `smtp`):
+/// serde's derived structs also take a JSON array of their fields in order,
+/// which the contract does not allow; this asks for a map only, so an array
+/// is a wrong type naming the field. (`data` itself is checked for `{` by
+/// the envelope.)
+pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(ObjectOnly(deserializer))
+}
+
+/// A deserializer that reads whatever is asked of it as a map.
+struct ObjectOnly<D>(D);
+
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for ObjectOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
 }
 
 fn field_error_from_serde(path: &str, message: &str) -> FieldError {
@@ -145,6 +184,7 @@ mod tests {
     #[allow(dead_code)]
     struct Outer {
         id: String,
+        #[serde(deserialize_with = "object")]
         smtp: Inner,
     }
 
@@ -175,6 +215,18 @@ mod tests {
             (".", true)
         );
         assert_eq!(errors("[]")[0].field, "data");
+    }
+
+    #[test]
+    fn a_nested_object_given_as_an_array_is_a_wrong_type_naming_it() {
+        let raw: Box<RawValue> =
+            serde_json::from_str(r#"{"id":"a","smtp":{"port":1}}"#).expect("json");
+        assert!(parse_data::<Outer>(&raw).is_ok());
+        // serde's derived struct would take the fields in order: [1].
+        let array = &errors(r#"{"id":"a","smtp":[1]}"#)[0];
+        assert_eq!(array.field, "smtp");
+        assert!(array.message.contains("expected"), "{}", array.message);
+        assert_eq!(errors(r#"{"id":"a","smtp":"x"}"#)[0].field, "smtp");
     }
 
     #[test]
