@@ -3,6 +3,10 @@
 
 use clap::Parser;
 
+/// mimalloc rather than the system's allocator: see `Cargo.toml`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = email2fa::cli::Cli::parse();

@@ -180,7 +180,8 @@ impl Column {
 
 /// The rows as one [`Column`] per entry of `columns`: the same structs
 /// that [`array`] turns into JSON, each field put in the column of its
-/// name (times and bytes, which they serialize as text, parsed back).
+/// name (times and bytes through [`time`] and [`hex`] arrive as
+/// microseconds and raw bytes; as text they are parsed).
 pub fn columns<T: serde::Serialize>(
     rows: &[T],
     columns: &[(&str, Ty)],
@@ -238,10 +239,10 @@ mod columnar {
 
     impl Target<'_> {
         fn refuse<T>(&self, what: &str) -> Result<T, ColumnError> {
-            Err(ColumnError(match self {
-                Self::Row { .. } => format!("{what} is not a row"),
-                Self::Cell { name, .. } => format!("{what} for column {name}"),
-            }))
+            match self {
+                Self::Row { .. } => Target::refusal(what, None),
+                Self::Cell { name, .. } => Target::refusal(what, Some(name)),
+            }
         }
 
         /// Pushes one value with `push` if this is a cell whose column
@@ -251,11 +252,22 @@ mod columnar {
             what: &str,
             push: impl FnOnce(&'static str, &mut Column) -> Option<Result<(), ColumnError>>,
         ) -> Result<(), ColumnError> {
-            let refused = self.refuse(what);
+            // The refusal is formatted only when it happens: this runs for
+            // every cell of every row the ingress writes.
             match self {
-                Self::Cell { name, column } => push(name, column).unwrap_or(refused),
-                Self::Row { .. } => refused,
+                Self::Cell { name, column } => match push(name, column) {
+                    Some(pushed) => pushed,
+                    None => Target::refusal(what, Some(name)),
+                },
+                Self::Row { .. } => Target::refusal(what, None),
             }
+        }
+
+        fn refusal<T>(what: &str, column: Option<&str>) -> Result<T, ColumnError> {
+            Err(ColumnError(match column {
+                None => format!("{what} is not a row"),
+                Some(name) => format!("{what} for column {name}"),
+            }))
         }
     }
 
@@ -305,6 +317,12 @@ mod columnar {
         type SerializeStruct = Self;
         type SerializeStructVariant = Impossible<(), ColumnError>;
 
+        /// Not human-readable: [`super::time`] and [`super::hex`] hand over
+        /// microseconds and raw bytes rather than text to be parsed back.
+        fn is_human_readable(&self) -> bool {
+            false
+        }
+
         fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, ColumnError> {
             match self {
                 Self::Row { .. } => Ok(self),
@@ -338,11 +356,32 @@ mod columnar {
                 _ => None,
             })
         }
+        /// An integer column takes it if it fits; a time column takes it
+        /// as microseconds since the epoch (a [`super::time`]).
         fn serialize_i64(self, v: i64) -> Result<(), ColumnError> {
+            if let Self::Cell {
+                name,
+                column: Column::Time(c),
+            } = self
+            {
+                let t = chrono::DateTime::from_timestamp_micros(v)
+                    .ok_or_else(|| ColumnError(format!("{name}: time out of range")))?;
+                c.push(Some(t));
+                return Ok(());
+            }
             match i32::try_from(v) {
                 Ok(v) => self.serialize_i32(v),
                 Err(_) => self.refuse("a 64-bit integer"),
             }
+        }
+        fn serialize_bytes(self, v: &[u8]) -> Result<(), ColumnError> {
+            self.cell("bytes", |_, column| match column {
+                Column::Bytes(c) => {
+                    c.push(Some(v.to_vec()));
+                    Some(Ok(()))
+                }
+                _ => None,
+            })
         }
         fn serialize_bool(self, v: bool) -> Result<(), ColumnError> {
             self.cell("a boolean", |_, column| match column {
@@ -381,7 +420,6 @@ mod columnar {
             serialize_f32(f32),
             serialize_f64(f64),
             serialize_char(char),
-            serialize_bytes(&[u8]),
             serialize_unit_struct(&'static str),
             serialize_unit_variant(&'static str, u32, &'static str),
         );
@@ -432,28 +470,37 @@ mod columnar {
     }
 }
 
-/// Serializes a [`Timestamp`] as fixed-width text.
+/// Serializes a [`Timestamp`] as fixed-width text (JSON, for SQLite), or
+/// as microseconds since the epoch for [`columns`].
 pub fn time<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.db_text())
+    if s.is_human_readable() {
+        s.serialize_str(&t.db_text())
+    } else {
+        s.serialize_i64(t.as_datetime().timestamp_micros())
+    }
 }
 
-/// Serializes an optional [`Timestamp`] as fixed-width text or null.
+/// Serializes an optional [`Timestamp`] as [`time`] or null.
 pub fn opt_time<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
     match t {
-        Some(t) => s.serialize_str(&t.db_text()),
+        Some(t) => time(t, s),
         None => s.serialize_none(),
     }
 }
 
-/// Serializes bytes as hex.
+/// Serializes bytes as hex (JSON, for SQLite), or as bytes for [`columns`].
 pub fn hex<S: Serializer, B: AsRef<[u8]>>(bytes: &B, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&to_hex(bytes.as_ref()))
+    if s.is_human_readable() {
+        s.serialize_str(&to_hex(bytes.as_ref()))
+    } else {
+        s.serialize_bytes(bytes.as_ref())
+    }
 }
 
-/// Serializes optional bytes as hex or null.
+/// Serializes optional bytes as [`hex`] or null.
 pub fn opt_hex<S: Serializer, B: AsRef<[u8]>>(bytes: &Option<B>, s: S) -> Result<S::Ok, S::Error> {
     match bytes {
-        Some(bytes) => s.serialize_str(&to_hex(bytes.as_ref())),
+        Some(bytes) => hex(bytes, s),
         None => s.serialize_none(),
     }
 }

@@ -7,7 +7,7 @@
 //! that lost a race (which the locks should make impossible) is rolled back
 //! and decided again.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use email2fa_workers::with_tx;
 use serde::Serialize;
@@ -268,7 +268,20 @@ fn statement(table: &Table, dialect: Dialect, n: usize) -> String {
 /// combinations that occur (a batch of logins writes receipts, challenges,
 /// deliveries, decisions and audit events) are each prepared once per
 /// connection.
-fn postgres_statement(present: &[bool]) -> String {
+fn postgres_statement(present: &[bool]) -> &'static str {
+    // Formatted once per combination and process: the text is the same for
+    // every batch of that combination.
+    static TEXTS: [OnceLock<String>; 1 << TABLES.len()] =
+        [const { OnceLock::new() }; 1 << TABLES.len()];
+    let mask = present
+        .iter()
+        .take(TABLES.len())
+        .enumerate()
+        .fold(0usize, |mask, (i, here)| mask | (usize::from(*here) << i));
+    TEXTS[mask].get_or_init(|| postgres_statement_text(present))
+}
+
+fn postgres_statement_text(present: &[bool]) -> String {
     let mut ctes = Vec::new();
     let mut counts = Vec::new();
     let mut n = 0;
