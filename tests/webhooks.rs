@@ -836,6 +836,57 @@ async fn planner_statistics_follow_the_tables_that_grow(app: TestApp) {
     .await
     .expect("stats");
     assert!(rows >= 200.0, "the planner now knows the rows: {rows}");
+
+    // From 10,000 rows on, the plans keep their shape and the statistics
+    // are autovacuum's: a large table that doubles is not analysed again.
+    let grow = |from: i32, to: i32| {
+        sqlx::query(
+            "insert into audit_events (tenant_id, id, user_id, event, detail, created_at) \
+             select 'acme', 'b' || i, 'u', 'verified', '{}', now() \
+             from generate_series($1::int, $2::int) i",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(pool)
+    };
+    grow(1, 12_000).await.expect("rows");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let analyzed = app.store.analyze_grown_tables().await.expect("analyze");
+        if analyzed.contains(&"email2fa.audit_events".to_string()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "12,000 new rows were not analysed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    grow(12_001, 40_000).await.expect("rows");
+    // Once PostgreSQL counts the new rows as changes (within a second or so).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (changed,): (i64,) = sqlx::query_as(
+            "select n_mod_since_analyze from pg_stat_user_tables \
+             where relid = 'email2fa.audit_events'::regclass",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("stats");
+        if changed >= 28_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "changes not counted: {changed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let analyzed = app.store.analyze_grown_tables().await.expect("analyze");
+    assert!(
+        !analyzed.contains(&"email2fa.audit_events".to_string()),
+        "a table of 12,000 rows is autovacuum's: {analyzed:?}"
+    );
 }
 
 async fn an_unreachable_database_answers_503_and_writes_nothing(app: TestApp) {
