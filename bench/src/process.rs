@@ -102,6 +102,12 @@ impl Service {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// How many lines of the process's log contain `text`.
+    pub fn log_count(&self, text: &str) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.matches(text).count()
+    }
+
     /// Current resident set size in MB.
     pub fn rss_mb(&self) -> f64 {
         status_kb(self.pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0

@@ -86,7 +86,7 @@ impl Fault {
     }
 
     /// True when the workers start only after 2 s of load, into a backlog,
-    /// and the fault comes once 10 emails of it arrived: mid-drain.
+    /// and the fault comes once each has sent 3 emails: mid-drain.
     pub fn mid_drain(self) -> bool {
         matches!(self, Self::WorkerKill | Self::RedisKill)
     }

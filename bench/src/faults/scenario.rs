@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::report::Row;
@@ -26,7 +27,11 @@ use crate::webhooks::user_of;
 /// failure is retried after 0.25, 0.5, 1, 1, 1 s (each with up to as much
 /// again of jitter), so the retry window of 6 attempts is 3.75–7.5 s; a
 /// request waits at most 1 s for a database connection before its 503.
-pub const SETTINGS: [(&str, &str); 7] = [
+/// Four sends at once per worker: the two workers hold at most 32 jobs
+/// between them (four per send), so mid-drain most of a backlog still
+/// waits in the queue.
+pub const SETTINGS: [(&str, &str); 8] = [
+    ("EMAIL2FA_DELIVERY__CONCURRENCY", "4"),
     ("EMAIL2FA_DELIVERY__LEASE_SECONDS", "3"),
     ("EMAIL2FA_DELIVERY__BACKOFF_BASE_MS", "250"),
     ("EMAIL2FA_DELIVERY__BACKOFF_CAP_MS", "1000"),
@@ -86,8 +91,9 @@ struct Injected {
     /// When the fault was over: the process started again, the server
     /// back.
     repaired_at: SystemTime,
-    /// The most deliveries in `sending` just before the fault and just
-    /// after the repair: the sends that may arrive twice.
+    /// The most deliveries in `sending` from just before the fault until
+    /// [`IN_FLIGHT_AFTER_REPAIR`] after the repair: the sends that may
+    /// arrive twice.
     in_flight: i64,
 }
 
@@ -171,10 +177,11 @@ async fn approach(
         tokio::time::sleep(FAULT_AT).await;
     }
     if fault.mid_drain() {
-        // The workers start into the backlog; the fault comes once the
-        // drain is under way.
+        // The workers start into the backlog; the fault comes once both
+        // are sending.
         procs.workers = vec![d.start("worker").await?, d.start("worker").await?];
-        while d.sink.count() < 10 && Instant::now() < until {
+        let sending = |w: &Service| w.log_count("email sent") >= 3;
+        while !procs.workers.iter().all(sending) && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     } else if fault == Fault::IngressKill {
@@ -196,7 +203,9 @@ async fn inject(
     options: &Options,
 ) -> anyhow::Result<Injected> {
     approach(fault, d, procs, accepted, options).await?;
-    let before = sending(d).await?;
+    let (stop_sampling, stop) = watch::channel(None);
+    let url = d.var("EMAIL2FA_DATABASE_URL").unwrap_or_default();
+    let sampler = tokio::spawn(most_sending(lazy_pool(url)?, stop));
     let repaired_at = match fault {
         Fault::WorkerKill => {
             procs.workers.remove(0).kill().await;
@@ -233,15 +242,49 @@ async fn inject(
             repaired_at
         }
     };
-    // A send whose outcome could not be recorded (its worker died, or the
-    // database went away) stays `sending` until its lease runs out (3 s),
-    // then it is sent again: those rows are still there just after the
-    // repair (the sweep that re-pushes them runs every 10 s).
-    let after = sending(d).await?;
+    let _ = stop_sampling.send(Some(Instant::now() + IN_FLIGHT_AFTER_REPAIR));
     Ok(Injected {
         repaired_at,
-        in_flight: before.max(after),
+        in_flight: sampler.await.context("the sampler failed")?,
     })
+}
+
+/// How long after the repair the `sending` rows are still counted: a send
+/// whose outcome could not be recorded (its worker died, or the database
+/// went away just before or just after the restart) stays `sending` until
+/// its lease (3 s) runs out, then it is sent again.
+const IN_FLIGHT_AFTER_REPAIR: Duration = Duration::from_secs(4);
+
+/// The most deliveries in `sending` seen every 100 ms until the time
+/// `stop` gives (or until it is dropped without one); reads that fail
+/// while the database is away are skipped.
+async fn most_sending(pool: sqlx::PgPool, mut stop: watch::Receiver<Option<Instant>>) -> i64 {
+    let sql = "select count(*) from email2fa.deliveries where status = 'sending'";
+    let mut most = 0;
+    loop {
+        if let Ok(n) = sqlx::query_scalar::<_, i64>(sql).fetch_one(&pool).await {
+            most = most.max(n);
+        }
+        let end = *stop.borrow_and_update();
+        let done = match end {
+            Some(end) => Instant::now() >= end,
+            // The fault step failed before the repair.
+            None => stop.has_changed().is_err(),
+        };
+        if done {
+            pool.close().await;
+            return most;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A one-connection pool that gives up on a connection after 500 ms.
+fn lazy_pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy(url)?)
 }
 
 /// The SMTP server stays down until every email the hosts posted has
@@ -266,11 +309,6 @@ async fn smtp_long_outage(
     let repaired_at = SystemTime::now();
     d.command(&["dlq", "resend", "--all"]).await?;
     Ok(repaired_at)
-}
-
-async fn sending(d: &Deployment) -> anyhow::Result<i64> {
-    d.count("select count(*) from email2fa.deliveries where status = 'sending'")
-        .await
 }
 
 async fn unfinished(d: &Deployment) -> anyhow::Result<i64> {
@@ -452,9 +490,14 @@ async fn reconcile(
     Ok(row)
 }
 
-/// From the repair until the service works again: the first webhook
+/// An email slower than this from its webhook's answer to the sink was
+/// held up by the fault (a few milliseconds is the norm).
+const LATE: Duration = Duration::from_secs(2);
+
+/// From the repair until the service works as before: the first webhook
 /// accepted after it, and the arrival of every email accepted before it
-/// (zero when all had arrived already).
+/// or held up for longer than [`LATE`] (zero when all had arrived
+/// already), whichever comes last.
 fn recovery_time(
     repair: SystemTime,
     accepted: &HashMap<u64, SystemTime>,
@@ -469,8 +512,11 @@ fn recovery_time(
         .unwrap_or_default();
     let last_arrival = accepted
         .iter()
-        .filter(|(_, t)| **t < repair)
-        .filter_map(|(u, _)| per_user.get(u).map(|(_, first)| since(*first)))
+        .filter_map(|(u, at)| {
+            let (_, arrived) = per_user.get(u)?;
+            let late = arrived.duration_since(*at).unwrap_or_default() > LATE;
+            (*at < repair || late).then(|| since(*arrived))
+        })
         .max()
         .unwrap_or_default();
     first_accept.max(last_arrival)
