@@ -7,6 +7,7 @@
 //! in flight at the fault. See bench/README.md.
 
 mod hosts;
+mod reconcile;
 mod report;
 mod scenario;
 mod servers;
@@ -75,12 +76,12 @@ impl Fault {
         }
     }
 
-    /// The longest the scenario may take, set-up included. Those whose
+    /// The longest the scenario may take, set-up included. The two whose
     /// lost jobs only the outbox sweep finds (30 s grace, every 10 s) get
     /// 90 s.
     pub fn bound(self) -> Duration {
         match self {
-            Self::WorkerKill | Self::RedisKill | Self::PostgresRestart => Duration::from_secs(90),
+            Self::WorkerKill | Self::RedisKill => Duration::from_secs(90),
             _ => Duration::from_secs(60),
         }
     }

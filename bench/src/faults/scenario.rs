@@ -4,7 +4,7 @@
 //! mid-load and repaired, then the reconciliation of what the hosts saw,
 //! what the sink received per recipient and what the tables say.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::reconcile;
 use super::report::Row;
 use super::servers::{PrivatePostgres, PrivateRedis};
 use super::{Fault, Options};
@@ -53,10 +54,10 @@ const FAULT_AT: Duration = Duration::from_secs(2);
 const INGRESS_KILL_RATE_FACTOR: f64 = 10.0;
 
 /// A host gives a webhook up this long after its first try.
-const GIVE_UP: Duration = Duration::from_secs(45);
+pub(super) const GIVE_UP: Duration = Duration::from_secs(45);
 
 /// The statuses of a delivery that is not finished.
-const UNFINISHED: &str = "status in ('queued', 'sending', 'retrying')";
+pub(super) const UNFINISHED: &str = "status in ('queued', 'sending', 'retrying')";
 
 /// The suite's private servers.
 pub struct Servers {
@@ -87,14 +88,15 @@ impl Processes {
 }
 
 /// What the fault step reports.
-struct Injected {
+pub(super) struct Injected {
     /// When the fault was over: the process started again, the server
     /// back.
-    repaired_at: SystemTime,
+    pub repaired_at: SystemTime,
     /// The most deliveries in `sending` from just before the fault until
-    /// [`IN_FLIGHT_AFTER_REPAIR`] after the repair: the sends that may
-    /// arrive twice.
-    in_flight: i64,
+    /// the repair: the sends that may arrive twice (a send whose outcome
+    /// could not be recorded stays `sending` until its lease runs out,
+    /// then it is sent again).
+    pub in_flight: i64,
 }
 
 /// Runs one scenario; an error means the harness itself could not run it.
@@ -137,8 +139,9 @@ async fn scenario(
         procs.workers = vec![d.start("worker").await?, d.start("worker").await?];
     }
     // The ingress is killed under a load that keeps every connection busy,
-    // so that some webhooks are cut off mid-request (a few after their
-    // commit: their retry gets the remembered answer).
+    // so that webhooks are cut off mid-request (one cut off after its
+    // commit gets the remembered answer on its retry; the JSON counts
+    // such replays).
     let rate = match fault {
         Fault::IngressKill => options.rate * INGRESS_KILL_RATE_FACTOR,
         _ => options.rate,
@@ -161,7 +164,7 @@ async fn scenario(
     wait_until_finished(d, deadline).await?;
     // A send re-made after a crash arrives moments after its row says so.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    reconcile(fault, d, &tally, &injected, started).await
+    reconcile::reconcile(fault, d, &tally, &injected, started).await
 }
 
 /// Waits for the moment of the fault.
@@ -242,18 +245,12 @@ async fn inject(
             repaired_at
         }
     };
-    let _ = stop_sampling.send(Some(Instant::now() + IN_FLIGHT_AFTER_REPAIR));
+    let _ = stop_sampling.send(Some(Instant::now()));
     Ok(Injected {
         repaired_at,
         in_flight: sampler.await.context("the sampler failed")?,
     })
 }
-
-/// How long after the repair the `sending` rows are still counted: a send
-/// whose outcome could not be recorded (its worker died, or the database
-/// went away just before or just after the restart) stays `sending` until
-/// its lease (3 s) runs out, then it is sent again.
-const IN_FLIGHT_AFTER_REPAIR: Duration = Duration::from_secs(4);
 
 /// The most deliveries in `sending` seen every 100 ms until the time
 /// `stop` gives (or until it is dropped without one); reads that fail
@@ -349,175 +346,4 @@ async fn wait_until_finished(d: &Deployment, deadline: Instant) -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
-}
-
-/// Messages per recipient user, with the first arrival of each.
-fn arrivals(d: &Deployment) -> (HashMap<u64, (u64, SystemTime)>, u64) {
-    let mut per_user: HashMap<u64, (u64, SystemTime)> = HashMap::new();
-    let mut strangers = 0;
-    for message in d.sink.messages() {
-        match message.rcpt_to.first().and_then(|r| user_of(r)) {
-            Some(user) => {
-                let entry = per_user.entry(user).or_insert((0, message.received_at));
-                entry.0 += 1;
-                entry.1 = entry.1.min(message.received_at);
-            }
-            None => strangers += 1,
-        }
-    }
-    (per_user, strangers)
-}
-
-/// Counts, the recovery time, and every broken expectation.
-async fn reconcile(
-    fault: Fault,
-    d: &Deployment,
-    tally: &Tally,
-    injected: &Injected,
-    started: Instant,
-) -> anyhow::Result<Row> {
-    let (per_user, strangers) = arrivals(d);
-    let accepted: HashMap<u64, SystemTime> = tally.accepted.iter().copied().collect();
-    let delivered = accepted.keys().filter(|u| per_user.contains_key(u)).count() as u64;
-    let duplicates: u64 = per_user.values().map(|(n, _)| n - 1).sum();
-    let unasked = per_user
-        .keys()
-        .filter(|u| !accepted.contains_key(u))
-        .count() as u64;
-    let q = |sql: &str| format!("select count(*) from email2fa.{sql}");
-    let dead_letters = d.count(&q("dead_letters")).await?;
-    let unresolved = d
-        .count(&q("dead_letters where resolved_at is null"))
-        .await?;
-    let stuck = d
-        .count(&q(&format!("deliveries where {UNFINISHED}")))
-        .await?;
-    let first_sends = d.count(&q("deliveries where resent_from is null")).await?;
-    let sent_rows = d.count(&q("deliveries where status = 'sent'")).await?;
-    let repair = injected.repaired_at;
-    let recovery = recovery_time(repair, &accepted, &per_user);
-
-    let mut row = Row {
-        scenario: fault.name(),
-        title: fault.title(),
-        accepted: accepted.len() as u64,
-        delivered,
-        lost: accepted.len() as u64 - delivered,
-        duplicates,
-        in_flight_at_fault: injected.in_flight,
-        dead_letters,
-        tally: tally.clone(),
-        recovery_s: recovery.as_secs_f64(),
-        wall_s: started.elapsed().as_secs_f64(),
-        problems: Vec::new(),
-    };
-    let mut problem = |broken: bool, text: String| {
-        if broken {
-            row.problems.push(text);
-        }
-    };
-    let n = accepted.len() as i64;
-    problem(
-        row.lost > 0,
-        format!("{} accepted emails never arrived", row.lost),
-    );
-    problem(
-        tally.gave_up > 0,
-        format!(
-            "{} webhooks were never accepted (hosts gave up after {GIVE_UP:?})",
-            tally.gave_up
-        ),
-    );
-    problem(
-        !tally.other_5xx.is_empty(),
-        format!(
-            "5xx answers other than 503 problem+json: {:?}",
-            tally.other_5xx
-        ),
-    );
-    problem(
-        !tally.refused_4xx.is_empty(),
-        format!("valid webhooks refused: {:?}", tally.refused_4xx),
-    );
-    problem(
-        tally.hangs > 0,
-        format!(
-            "{} answers took longer than {:?}",
-            tally.hangs,
-            hosts::ANSWER_TIMEOUT
-        ),
-    );
-    problem(
-        duplicates > u64::try_from(injected.in_flight).unwrap_or(0),
-        format!(
-            "{duplicates} duplicates, but only {} sends were in flight at the fault",
-            injected.in_flight
-        ),
-    );
-    problem(
-        unasked + strangers > 0,
-        format!(
-            "{} emails for webhooks no host saw accepted",
-            unasked + strangers
-        ),
-    );
-    problem(
-        first_sends != n,
-        format!("{first_sends} deliveries for {n} accepted webhooks (each must run once)"),
-    );
-    problem(
-        sent_rows != n || stuck > 0 || unresolved > 0,
-        format!(
-            "tables: {sent_rows} sent of {n}, {stuck} unfinished, {unresolved} unresolved dead letters"
-        ),
-    );
-    problem(
-        fault == Fault::SmtpShort && dead_letters > 0,
-        format!("{dead_letters} dead letters from an outage shorter than the retry window"),
-    );
-    problem(
-        fault == Fault::SmtpLong && dead_letters == 0,
-        "the long outage dead-lettered nothing: it did not outlast the retry window".into(),
-    );
-    problem(
-        started.elapsed() > fault.bound(),
-        format!(
-            "took {:.0} s, over its bound of {:?}",
-            row.wall_s,
-            fault.bound()
-        ),
-    );
-    Ok(row)
-}
-
-/// An email slower than this from its webhook's answer to the sink was
-/// held up by the fault (a few milliseconds is the norm).
-const LATE: Duration = Duration::from_secs(2);
-
-/// From the repair until the service works as before: the first webhook
-/// accepted after it, and the arrival of every email accepted before it
-/// or held up for longer than [`LATE`] (zero when all had arrived
-/// already), whichever comes last.
-fn recovery_time(
-    repair: SystemTime,
-    accepted: &HashMap<u64, SystemTime>,
-    per_user: &HashMap<u64, (u64, SystemTime)>,
-) -> Duration {
-    let since = |t: SystemTime| t.duration_since(repair).unwrap_or_default();
-    let first_accept = accepted
-        .values()
-        .filter(|t| **t >= repair)
-        .map(|t| since(*t))
-        .min()
-        .unwrap_or_default();
-    let last_arrival = accepted
-        .iter()
-        .filter_map(|(u, at)| {
-            let (_, arrived) = per_user.get(u)?;
-            let late = arrived.duration_since(*at).unwrap_or_default() > LATE;
-            (*at < repair || late).then(|| since(*arrived))
-        })
-        .max()
-        .unwrap_or_default();
-    first_accept.max(last_arrival)
 }
