@@ -695,3 +695,49 @@ async fn record_sent(db: Db, records: Vec<SentRecord>) -> Vec<Result<(), Arc<str
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Runs `retrying` over a statement that fails with `errors` in turn,
+    /// then succeeds; returns the result and how often it ran.
+    async fn run(errors: Vec<sqlx::Error>) -> (Result<u8, sqlx::Error>, usize) {
+        let errors = std::sync::Mutex::new(errors.into_iter());
+        let calls = AtomicUsize::new(0);
+        let result = retrying(|| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let next = errors.lock().expect("lock").next();
+            async move { next.map_or(Ok(7), Err) }
+        })
+        .await;
+        (result, calls.load(Ordering::SeqCst))
+    }
+
+    fn gone() -> sqlx::Error {
+        sqlx::Error::Io(std::io::ErrorKind::BrokenPipe.into())
+    }
+
+    #[tokio::test]
+    async fn a_statement_that_fails_while_the_database_is_away_is_tried_again() {
+        let (result, calls) = run(vec![gone(), gone()]).await;
+        assert_eq!(result.ok(), Some(7));
+        assert_eq!(calls, 3);
+    }
+
+    #[tokio::test]
+    async fn a_failure_of_the_statement_itself_is_not_tried_again() {
+        let (result, calls) = run(vec![sqlx::Error::RowNotFound]).await;
+        assert!(matches!(result, Err(sqlx::Error::RowNotFound)));
+        assert_eq!(calls, 1);
+    }
+
+    #[tokio::test]
+    async fn a_closed_pool_is_not_tried_again() {
+        let (result, calls) = run(vec![sqlx::Error::PoolClosed]).await;
+        assert!(matches!(result, Err(sqlx::Error::PoolClosed)));
+        assert_eq!(calls, 1);
+    }
+}
