@@ -24,6 +24,10 @@ pub enum Command {
     /// A few seconds, SQLite only, tiny counts; exits non-zero on any
     /// failure or non-2xx answer. Uses target/debug/email2fa.
     Smoke(Options),
+    /// The fault suite: kills and outages on a PostgreSQL + Redis
+    /// deployment of its own; exits non-zero on any loss, 5xx other than
+    /// 503, hang or unexplained duplicate. Uses target/debug/email2fa.
+    Faults(crate::faults::Options),
     /// Internal: the ingress ceiling server (signature check, 200, no storage).
     #[command(hide = true)]
     CeilingServer {
@@ -174,9 +178,16 @@ impl Config {
     }
 }
 
+/// `<profile>/email2fa` under `$CARGO_TARGET_DIR` when that is set, else
 /// `target/<profile>/email2fa` under the current directory, else under the
 /// workspace this crate was built in.
-fn default_bin(profile: &str) -> PathBuf {
+pub fn default_bin(profile: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        let bin = PathBuf::from(dir).join(profile).join("email2fa");
+        if bin.exists() {
+            return bin;
+        }
+    }
     let relative = PathBuf::from(format!("target/{profile}/email2fa"));
     if relative.exists() {
         return relative;

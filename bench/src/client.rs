@@ -41,6 +41,12 @@ impl Connection {
 
     /// Posts one prepared webhook; returns the status and the body.
     pub async fn post(&mut self, prepared: &Prepared) -> anyhow::Result<(u16, Bytes)> {
+        let answer = self.post_answer(prepared).await?;
+        Ok((answer.status, answer.body))
+    }
+
+    /// Posts one prepared webhook; returns the whole [`Answer`].
+    pub async fn post_answer(&mut self, prepared: &Prepared) -> anyhow::Result<Answer> {
         let request = Request::builder()
             .method(Method::POST)
             .uri(&self.path)
@@ -54,9 +60,34 @@ impl Connection {
         self.sender.ready().await.context("connection closed")?;
         let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let replayed = header("idempotent-replayed").as_deref() == Some("true");
         let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        Ok(Answer {
+            status,
+            content_type,
+            replayed,
+            body,
+        })
     }
+}
+
+/// What the server answered to a webhook.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    /// The `content-type` header (empty without one).
+    pub content_type: String,
+    /// True with `idempotent-replayed: true` (a remembered `webhook-id`).
+    pub replayed: bool,
+    pub body: Bytes,
 }
 
 /// A GET on a fresh connection (health checks); the status.

@@ -140,8 +140,15 @@ impl Deployment {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Runs a one-shot command (`migrate`, `tenant create`); its stdout.
-    async fn command(&self, args: &[&str]) -> anyhow::Result<String> {
+    /// Sets (or replaces) a variable of every process started from now on.
+    pub fn set_var(&mut self, name: &str, value: &str) {
+        self.vars.retain(|(k, _)| k != name);
+        self.vars.push((name.to_string(), value.to_string()));
+    }
+
+    /// Runs a one-shot command (`migrate`, `tenant create`, `dlq resend
+    /// --all`); its stdout.
+    pub async fn command(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = tokio::process::Command::new(&self.bin)
             .args(args)
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
@@ -228,6 +235,16 @@ impl Deployment {
     pub async fn enrolled_logins(&mut self, n: u64) -> anyhow::Result<Requests> {
         let users = self.seed_users(n).await?;
         Ok(Arc::new(webhooks::login_started(&self.key, users)))
+    }
+
+    /// The first column of the first row of `sql`, a count (table names
+    /// without schema on SQLite, with `email2fa.` on PostgreSQL).
+    pub async fn count(&self, sql: &str) -> anyhow::Result<i64> {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        Ok(match &self.seeder {
+            Seeder::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+            Seeder::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+        })
     }
 
     /// Closes the seeding pool and undoes what [`Env::cleanup`] holds.

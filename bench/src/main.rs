@@ -6,6 +6,7 @@ mod cleanup;
 mod cli;
 mod client;
 mod deployment;
+mod faults;
 mod load;
 mod machine;
 mod process;
@@ -13,10 +14,9 @@ mod report;
 mod scenarios;
 mod webhooks;
 
-use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 
 use crate::cli::{Cli, Command, Config};
@@ -36,6 +36,10 @@ fn main() -> ExitCode {
             }
             Command::All(options) => bench(Config::new(&options, false)?, &options).await,
             Command::Smoke(options) => bench(Config::new(&options, true)?, &options).await,
+            Command::Faults(options) => tokio::select! {
+                result = faults::run(options) => result,
+                signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+            },
         }
     });
     match result {
@@ -218,22 +222,8 @@ fn report_progress(result: &anyhow::Result<scenarios::Outcome>) {
 }
 
 fn write_reports(config: &Config, machine: &serde_json::Value, rows: &[Row]) -> anyhow::Result<()> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
-    std::fs::create_dir_all(&dir).context("failed to create bench/results")?;
     let json = serde_json::json!({"machine": machine, "results": rows});
-    let json_path = dir.join(format!("{}.json", config.name));
-    std::fs::write(&json_path, serde_json::to_vec_pretty(&json)?)?;
-    let md = report::markdown(
-        &format!("email2fa benchmark — {}", config.name),
-        machine,
-        rows,
-    );
-    let md_path = dir.join(format!("{}.md", config.name));
-    std::fs::write(&md_path, &md)?;
-    println!(
-        "\n{md}\nwritten: {} and {}",
-        json_path.display(),
-        md_path.display()
-    );
-    Ok(())
+    let title = format!("email2fa benchmark — {}", config.name);
+    let md = report::markdown(&title, machine, rows);
+    report::save(&config.name, &json, &md)
 }

@@ -94,11 +94,18 @@ impl Service {
         Ok(())
     }
 
-    /// The last lines of the process's standard error.
+    /// The last lines of the process's standard error, without the one
+    /// line per email sent.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.contains("email sent")).collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// How many lines of the process's log contain `text`.
+    pub fn log_count(&self, text: &str) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.matches(text).count()
     }
 
     /// Current resident set size in MB.
@@ -126,6 +133,12 @@ impl Service {
             rss_peak_mb: peak as f64 / 1024.0,
             vm_hwm_mb: status_kb(self.pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0,
         }
+    }
+
+    /// SIGKILL, as a crash or the OOM killer: no graceful stop.
+    pub async fn kill(mut self) {
+        self.stop_sampler.store(true, Ordering::Relaxed);
+        let _ = self.child.kill().await;
     }
 
     /// SIGTERM, then SIGKILL after `grace`.

@@ -239,19 +239,41 @@ pub fn fmt(v: f64) -> String {
     }
 }
 
-/// The Markdown report: one row per scenario × deployment, then ratios.
-pub fn markdown(title: &str, machine: &Value, rows: &[Row]) -> String {
-    let mut md = format!("# {title}\n\n");
-    let _ = writeln!(
-        md,
-        "{} · {} cores · load {} → {} · commit {} · `{}`\n",
+/// The line under a report's title: CPU, cores, load before and after,
+/// commit, command.
+pub fn machine_line(machine: &Value) -> String {
+    format!(
+        "{} · {} cores · load {} → {} · commit {} · `{}`",
         machine["cpu_model"].as_str().unwrap_or("?"),
         machine["nproc"],
         machine["loadavg_before"].as_str().unwrap_or("?"),
         machine["loadavg_after"].as_str().unwrap_or("?"),
         machine["git_commit"].as_str().unwrap_or("?"),
         machine["command"].as_str().unwrap_or("?"),
+    )
+}
+
+/// Writes `bench/results/<name>.json` and `<name>.md` and prints the
+/// Markdown with where both went.
+pub fn save(name: &str, json: &Value, md: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    std::fs::create_dir_all(&dir).context("failed to create bench/results")?;
+    let json_path = dir.join(format!("{name}.json"));
+    std::fs::write(&json_path, serde_json::to_vec_pretty(json)?)?;
+    let md_path = dir.join(format!("{name}.md"));
+    std::fs::write(&md_path, md)?;
+    println!(
+        "\n{md}\nwritten: {} and {}",
+        json_path.display(),
+        md_path.display()
     );
+    Ok(())
+}
+
+/// The Markdown report: one row per scenario × deployment, then ratios.
+pub fn markdown(title: &str, machine: &Value, rows: &[Row]) -> String {
+    let mut md = format!("# {title}\n\n{}\n\n", machine_line(machine));
     md.push_str("| scenario | deployment | runs ok | figures: median [each run] (target) |\n");
     md.push_str("| --- | --- | --- | --- |\n");
     for row in rows {

@@ -567,15 +567,18 @@ async fn claim_and_prepare<S: MessageSource>(
     shared: Arc<Shared<S>>,
     ids: Vec<String>,
 ) -> Vec<Result<Claim, Arc<str>>> {
-    let now = Timestamp::now();
     let lease = shared.config.lease_seconds;
-    let claimed =
-        match deliveries::claim_batch::<S::Context>(&shared.db, &shared.claim, &ids, now, lease)
-            .await
-        {
-            Ok(claimed) => claimed,
-            Err(error) => return failed(&ids, &error),
-        };
+    let (db, claim, batch) = (&shared.db, &shared.claim, &ids);
+    let claimed = retrying(|| async move {
+        let now = Timestamp::now();
+        let claimed = deliveries::claim_batch::<S::Context>(db, claim, batch, now, lease).await?;
+        Ok((claimed, now))
+    })
+    .await;
+    let (claimed, now) = match claimed {
+        Ok(claimed) => claimed,
+        Err(error) => return failed(&ids, &error),
+    };
     crate::metrics::claim_batch(ids.len(), claimed.len());
     let mut answers: HashMap<String, Claim> = HashMap::with_capacity(ids.len());
     let mut live = Vec::with_capacity(claimed.len());
@@ -641,13 +644,100 @@ fn failed<T>(ids: &[String], error: &sqlx::Error) -> Vec<Result<T, Arc<str>>> {
     ids.iter().map(|_| Err(Arc::clone(&why))).collect()
 }
 
+/// How long a worker's claim or record of a batch keeps trying while the
+/// database is unavailable. A PostgreSQL restart closes every pooled
+/// connection, and each fails the next statement sent on it. A failed
+/// claim left its jobs to the outbox sweep (30 s and more); a failed record
+/// left its rows `sending`, and the messages, already out, were sent again
+/// once their lease ran out: the fault suite (`email2fa-bench faults`) saw
+/// 23 messages of a 2 s restart arrive twice, most of them sent after it.
+const DB_RETRY: Duration = Duration::from_secs(10);
+
+/// The longest pause between two tries of [`retrying`].
+const DB_RETRY_PAUSE_CAP: Duration = Duration::from_secs(1);
+
+/// Runs `statement` until it succeeds, fails for another reason than an
+/// unavailable database, or [`DB_RETRY`] has passed. Both statements it
+/// serves are safe to run again: a claim only takes rows nobody holds,
+/// and recording a send sets the same values twice.
+async fn retrying<T, F, Fut>(mut statement: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + DB_RETRY;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match statement().await {
+            // A closed pool (the process is stopping) does not come back.
+            Err(error)
+                if crate::db::is_unavailable(&error)
+                    && !matches!(error, sqlx::Error::PoolClosed)
+                    && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tracing::debug!(%error, "the database is unavailable; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(DB_RETRY_PAUSE_CAP);
+            }
+            result => return result,
+        }
+    }
+}
+
 /// One batch of accepted sends, recorded in one statement.
 async fn record_sent(db: Db, records: Vec<SentRecord>) -> Vec<Result<(), Arc<str>>> {
-    match deliveries::mark_sent_batch(&db, &records).await {
+    let (db, batch) = (&db, &records);
+    match retrying(|| deliveries::mark_sent_batch(db, batch)).await {
         Ok(()) => records.iter().map(|_| Ok(())).collect(),
         Err(error) => {
             let ids: Vec<String> = records.into_iter().map(|r| r.id).collect();
             failed(&ids, &error)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Runs `retrying` over a statement that fails with `errors` in turn,
+    /// then succeeds; returns the result and how often it ran.
+    async fn run(errors: Vec<sqlx::Error>) -> (Result<u8, sqlx::Error>, usize) {
+        let errors = std::sync::Mutex::new(errors.into_iter());
+        let calls = AtomicUsize::new(0);
+        let result = retrying(|| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let next = errors.lock().expect("lock").next();
+            async move { next.map_or(Ok(7), Err) }
+        })
+        .await;
+        (result, calls.load(Ordering::SeqCst))
+    }
+
+    fn gone() -> sqlx::Error {
+        sqlx::Error::Io(std::io::ErrorKind::BrokenPipe.into())
+    }
+
+    #[tokio::test]
+    async fn a_statement_that_fails_while_the_database_is_away_is_tried_again() {
+        let (result, calls) = run(vec![gone(), gone()]).await;
+        assert_eq!(result.ok(), Some(7));
+        assert_eq!(calls, 3);
+    }
+
+    #[tokio::test]
+    async fn a_failure_of_the_statement_itself_is_not_tried_again() {
+        let (result, calls) = run(vec![sqlx::Error::RowNotFound]).await;
+        assert!(matches!(result, Err(sqlx::Error::RowNotFound)));
+        assert_eq!(calls, 1);
+    }
+
+    #[tokio::test]
+    async fn a_closed_pool_is_not_tried_again() {
+        let (result, calls) = run(vec![sqlx::Error::PoolClosed]).await;
+        assert!(matches!(result, Err(sqlx::Error::PoolClosed)));
+        assert_eq!(calls, 1);
     }
 }
