@@ -475,3 +475,22 @@ pub async fn overdue(
         .bind(now).bind(due_before).bind(limit).fetch_all(pool).await)?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
+
+/// One page of the deliveries still pending, in id order after `after`:
+/// `queued`/`retrying` whatever their due time, and `sending` with an
+/// expired lease (nobody holds them), each with the time its next attempt
+/// is due. A lease still running belongs to a live worker, which records
+/// its outcome itself. For the re-push after a queue lost its jobs.
+pub async fn pending_after(
+    db: &Db,
+    now: Timestamp,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, Timestamp)>, sqlx::Error> {
+    with_db!(db, pool => sqlx::query_as(
+        "select id, next_attempt_at from deliveries \
+         where id > $2 and (status in ('queued', 'retrying') \
+            or (status = 'sending' and lease_until < $1)) \
+         order by id limit $3")
+        .bind(now).bind(after).bind(limit).fetch_all(pool).await)
+}
