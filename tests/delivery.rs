@@ -332,3 +332,51 @@ async fn a_code_sent_again_without_the_user_asking_leaves_the_first_copy_valid(a
         "verified"
     );
 }
+
+/// A send that takes longer than its lease keeps the lease (the engine
+/// renews it while the send runs), so the outbox sweep leaves it alone and
+/// the email goes out once: which is what lets a lease be short, and a
+/// killed worker's emails go out soon after it died.
+async fn a_send_slower_than_its_lease_keeps_it_and_goes_out_once(app: TestApp) {
+    ready(&app).await;
+    // Six replies of the sink, 0.8 s each: a send of about 5 s.
+    app.sink.set_delay(Duration::from_millis(800));
+    let (_, delivery) = start_enrollment(&app, "u1").await;
+    assert_eq!(app.wait_delivery(&delivery, "sending").await, "sending");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let engine = email2fa::app::engine(&app.settings, &app.store, &app.queue).expect("engine");
+    let repushed = engine.sweep_with_grace(0).await.expect("sweep");
+    assert_eq!(repushed, 0, "the running send's lease was renewed");
+    assert_eq!(app.wait_delivery(&delivery, "sent").await, "sent");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.sink.count(), 1, "sent once");
+}
+
+mod a_send_slower_than_its_lease_keeps_it_and_goes_out_once {
+    use super::TestApp;
+
+    /// A lease of 2 s: the send outlasts it.
+    fn short_lease(settings: &mut email2fa::settings::Settings) {
+        settings.delivery.lease_seconds = 2;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let app = TestApp::sqlite_with(short_lease).await;
+        super::a_send_slower_than_its_lease_keeps_it_and_goes_out_once(app).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if let Some(app) = TestApp::postgres_with(short_lease).await {
+            super::a_send_slower_than_its_lease_keeps_it_and_goes_out_once(app).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() {
+        if let Some(app) = TestApp::redis_with(short_lease).await {
+            super::a_send_slower_than_its_lease_keeps_it_and_goes_out_once(app).await;
+        }
+    }
+}

@@ -494,3 +494,37 @@ pub async fn pending_after(
          order by id limit $3")
         .bind(now).bind(after).bind(limit).fetch_all(pool).await)
 }
+
+/// Extends the leases of deliveries this process is sending to `until`
+/// (the engine's lease heartbeat); a row no longer `sending` (recorded
+/// meanwhile) is left alone.
+pub async fn renew_leases(db: &Db, ids: &[String], until: Timestamp) -> Result<(), sqlx::Error> {
+    let mut ids = ids.to_vec();
+    // Row locks in id order, as every batch statement here takes them.
+    ids.sort_unstable();
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query(
+                "update deliveries set lease_until = $2 \
+                 where id = any($1) and status = 'sending'",
+            )
+            .bind(ids)
+            .bind(until)
+            .execute(pool)
+            .await?;
+        }
+        Db::Sqlite(pool, _) => {
+            let ids = serde_json::to_string(&ids).map_err(|e| sqlx::Error::Encode(e.into()))?;
+            let _turn = db.write_turn().await?;
+            sqlx::query(
+                "update deliveries set lease_until = $2 \
+                 where id in (select value from json_each($1)) and +status = 'sending'",
+            )
+            .bind(ids)
+            .bind(until)
+            .execute(pool)
+            .await?;
+        }
+    }
+    Ok(())
+}

@@ -4,6 +4,10 @@
 //! every pending delivery when the queue lost its jobs (a Redis server that
 //! came back empty, [`Engine::recover_lost_queue`]).
 //!
+//! A claim leases its delivery; the lease is renewed while the attempt runs
+//! ([`crate::leases`]), so it can be short and a dead worker's deliveries
+//! are claimable again soon after it died.
+//!
 //! Jobs run one delivery each, but their database work is done in batches
 //! ([`Batcher`]): the handlers running at the same time submit their
 //! delivery ids, and one statement claims them all together with the
@@ -41,6 +45,7 @@ use crate::db::{Db, Timestamp};
 use crate::dead_letters::{DeadLetterReason, replace_ignoring_case};
 use crate::deliveries::{self, BatchClaim, Delivery, SentRecord};
 use crate::health::{ProviderHealth, ProviderProblem, UnhealthyProvider};
+use crate::leases::Leases;
 use crate::queue::{EmailJob, Queue};
 use crate::render::{MessageKind, Renderer, TemplateContext, build_message};
 use crate::transport::{SendError, SmtpProvider, Transports};
@@ -123,7 +128,9 @@ pub struct EngineConfig {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_cap: Duration,
-    /// How long a claimed delivery is ours before a sweep may retry it.
+    /// How long a claimed delivery is ours before a sweep may retry it;
+    /// renewed every third of it while its attempt runs
+    /// ([`crate::leases`]), so only a dead worker's leases run out.
     pub lease_seconds: i64,
     /// How long a due delivery may wait before the sweep re-pushes it.
     pub sweep_grace_seconds: i64,
@@ -134,7 +141,7 @@ impl Default for EngineConfig {
         Self {
             backoff_base: Duration::from_secs(2),
             backoff_cap: Duration::from_secs(60),
-            lease_seconds: 120,
+            lease_seconds: 30,
             sweep_grace_seconds: 30,
         }
     }
@@ -183,6 +190,7 @@ struct Inner<S: MessageSource> {
     health: ProviderHealth,
     claims: Batcher<String, Result<Claim, Arc<str>>>,
     sent: Batcher<SentRecord, Result<(), Arc<str>>>,
+    leases: Arc<Leases>,
 }
 
 /// What the batchers' tasks use (they must not hold the engine itself, or
@@ -260,6 +268,8 @@ impl<S: MessageSource> Engine<S> {
                 record_sent(db.clone(), records)
             })
         };
+        let leases = Arc::new(Leases::default());
+        leases.start_heartbeat(shared.db.clone(), shared.config.lease_seconds);
         Self {
             inner: Arc::new(Inner {
                 shared,
@@ -269,6 +279,7 @@ impl<S: MessageSource> Engine<S> {
                 health: ProviderHealth::default(),
                 claims,
                 sent,
+                leases,
             }),
         }
     }
@@ -301,15 +312,21 @@ impl<S: MessageSource> Engine<S> {
     /// One attempt, returning what happened.
     #[tracing::instrument(skip_all, fields(delivery.id = %job.delivery_id))]
     pub async fn attempt(&self, job: EmailJob) -> Result<Outcome, AttemptError> {
-        let (delivery, prepared) = match self.claim_when_visible(&job).await? {
+        let claim = match self.claim_when_visible(&job).await? {
             None | Some(Claim::NotClaimed(_)) => return Ok(Outcome::Skipped),
-            Some(Claim::Ready(ready)) => *ready,
-            Some(Claim::Expired(delivery)) => {
+            Some(claim) => claim,
+        };
+        // Ours until its outcome is recorded: the lease is renewed meanwhile.
+        let _lease = self.inner.leases.hold(&job.delivery_id);
+        let (delivery, prepared) = match claim {
+            Claim::NotClaimed(_) => return Ok(Outcome::Skipped),
+            Claim::Ready(ready) => *ready,
+            Claim::Expired(delivery) => {
                 let why = "its code could no longer be used";
                 self.finish(&delivery, "expired", why).await?;
                 return Ok(Outcome::Finished("expired"));
             }
-            Some(Claim::Unprepared(delivery, error)) => {
+            Claim::Unprepared(delivery, error) => {
                 return match error {
                     PrepareError::Skip(why) => {
                         self.finish(&delivery, "discarded", &why).await?;

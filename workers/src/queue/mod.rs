@@ -129,7 +129,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// on purpose: a live worker on a loaded machine whose heartbeat runs late
 /// must not be declared dead (on Redis that also drops its registration, and
 /// its fetches fail until it restarts). The engine's outbox sweep re-pushes
-/// a killed worker's unfinished deliveries sooner (after their lease).
+/// a killed worker's unfinished deliveries too, once their lease (no longer
+/// renewed) has run out.
 pub const MISSED_HEARTBEATS: usize = 6;
 
 /// `max_attempts` of every pushed task (apalis's default, set explicitly).
