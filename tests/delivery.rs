@@ -339,11 +339,11 @@ async fn a_code_sent_again_without_the_user_asking_leaves_the_first_copy_valid(a
 /// killed worker's emails go out soon after it died.
 async fn a_send_slower_than_its_lease_keeps_it_and_goes_out_once(app: TestApp) {
     ready(&app).await;
-    // Six replies of the sink, 0.8 s each: a send of about 5 s.
-    app.sink.set_delay(Duration::from_millis(800));
+    // Six replies of the sink, 1.2 s each: a send of about 7 s.
+    app.sink.set_delay(Duration::from_millis(1_200));
     let (_, delivery) = start_enrollment(&app, "u1").await;
     assert_eq!(app.wait_delivery(&delivery, "sending").await, "sending");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let engine = email2fa::app::engine(&app.settings, &app.store, &app.queue).expect("engine");
     let repushed = engine.sweep_with_grace(0).await.expect("sweep");
     assert_eq!(repushed, 0, "the running send's lease was renewed");
@@ -355,9 +355,9 @@ async fn a_send_slower_than_its_lease_keeps_it_and_goes_out_once(app: TestApp) {
 mod a_send_slower_than_its_lease_keeps_it_and_goes_out_once {
     use super::TestApp;
 
-    /// A lease of 2 s: the send outlasts it.
+    /// A lease of 3 s (renewed every second): the send outlasts it.
     fn short_lease(settings: &mut email2fa::settings::Settings) {
-        settings.delivery.lease_seconds = 2;
+        settings.delivery.lease_seconds = 3;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
