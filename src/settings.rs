@@ -125,7 +125,8 @@ pub struct DeliverySettings {
     pub smtp_timeout_seconds: u64,
     /// Seconds a shutdown waits for in-flight sends.
     pub shutdown_timeout_seconds: u64,
-    /// Seconds a claimed delivery belongs to its worker; after that (the
+    /// Seconds a claimed delivery belongs to its worker, renewed every
+    /// third of it while the worker runs its attempt; once it runs out (the
     /// worker died mid-send) another may retry it.
     pub lease_seconds: i64,
     /// Where per-tenant template overrides live (`{dir}/tenants/{tenant}/…`).
@@ -217,7 +218,7 @@ impl Default for Settings {
                 concurrency: 16,
                 smtp_timeout_seconds: 15,
                 shutdown_timeout_seconds: 30,
-                lease_seconds: 90,
+                lease_seconds: 30,
                 templates_dir: PathBuf::from("templates"),
                 ca_file: None,
             },

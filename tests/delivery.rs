@@ -41,6 +41,7 @@ on_every_queue!(
     rejected_credentials_wait_the_longest_delay_instead_of_burning_attempts,
     a_retry_after_its_provider_was_deleted_goes_through_the_tenants_first,
     an_email_whose_challenge_was_replaced_while_it_waited_is_discarded,
+    a_code_sent_again_without_the_user_asking_leaves_the_first_copy_valid,
 );
 
 async fn a_message_refused_twice_with_451_arrives_on_the_third_attempt(app: TestApp) {
@@ -265,4 +266,117 @@ async fn an_email_whose_challenge_was_replaced_while_it_waited_is_discarded(app:
     assert_eq!(app.wait_delivery(&second, "sent").await, "sent");
     assert_eq!(app.wait_delivery(&first, "discarded").await, "discarded");
     assert_eq!(app.sink.count(), 1, "only the second code was mailed");
+}
+
+/// Sends a delivery that went out once a second time, as after a worker
+/// killed between the SMTP server's acceptance and recording `sent`: the
+/// row is `sending` with its lease run out, and its job comes again.
+async fn send_again_as_after_a_crash(app: &TestApp, delivery: &str, recipient: &str, n: usize) {
+    assert_eq!(app.wait_delivery(delivery, "sent").await, "sent");
+    let expired = email2fa::store::Timestamp::now().plus_seconds(-1);
+    email2fa_workers::with_db!(app.store.db(), pool => sqlx::query(
+        "update deliveries set status = 'sending', lease_until = $2 where id = $1")
+        .bind(delivery).bind(expired).execute(pool).await.map(drop).expect("update"));
+    let job = email2fa_workers::queue::EmailJob {
+        delivery_id: delivery.to_string(),
+    };
+    app.queue.push(job, None).await.expect("push");
+    app.mail_for(recipient, n).await;
+}
+
+async fn verify_code(app: &TestApp, challenge: &str, code: &str) -> serde_json::Value {
+    app.post_signed(
+        "enrollment.verify",
+        json!({"challenge_id": challenge, "code": code}),
+    )
+    .await
+    .json()
+}
+
+/// A second attempt of the same delivery (a worker died after the SMTP
+/// server took the first copy) mints a new code, and the first copy's code
+/// keeps working beside it; a wrong code is still one try. "Send New Code"
+/// ends both.
+async fn a_code_sent_again_without_the_user_asking_leaves_the_first_copy_valid(app: TestApp) {
+    ready(&app).await;
+    app.post_signed("settings.updated", json!({"resend_cooldown_seconds": 0}))
+        .await;
+    let (challenge, delivery) = start_enrollment(&app, "u1").await;
+    let first = code_in(&app.mail_for("u1@shop.example", 1).await);
+    send_again_as_after_a_crash(&app, &delivery, "u1@shop.example", 2).await;
+    let wrong = verify_code(&app, &challenge, "000000").await;
+    assert_eq!(wrong["attempts_remaining"], 4, "one try: {wrong}");
+    let answer = verify_code(&app, &challenge, &first).await;
+    assert_eq!(
+        answer["outcome"], "verified",
+        "the first copy's code: {answer}"
+    );
+
+    let (challenge, delivery) = start_enrollment(&app, "u2").await;
+    let first = code_in(&app.mail_for("u2@shop.example", 1).await);
+    send_again_as_after_a_crash(&app, &delivery, "u2@shop.example", 2).await;
+    let second = code_in(&app.mail_for("u2@shop.example", 2).await);
+    let resent = app
+        .post_signed("challenge.resend", json!({"challenge_id": challenge}))
+        .await;
+    assert_eq!(resent.status, 200, "{:?}", resent.json());
+    let third = code_in(&app.mail_for("u2@shop.example", 3).await);
+    for stale in [&first, &second] {
+        if *stale != third {
+            let answer = verify_code(&app, &challenge, stale).await;
+            assert_eq!(answer["outcome"], "invalid_code", "superseded: {answer}");
+        }
+    }
+    assert_eq!(
+        verify_code(&app, &challenge, &third).await["outcome"],
+        "verified"
+    );
+}
+
+/// A send that takes longer than its lease keeps the lease (the engine
+/// renews it while the send runs), so the outbox sweep leaves it alone and
+/// the email goes out once: which is what lets a lease be short, and a
+/// killed worker's emails go out soon after it died.
+async fn a_send_slower_than_its_lease_keeps_it_and_goes_out_once(app: TestApp) {
+    ready(&app).await;
+    // Six replies of the sink, 1.2 s each: a send of about 7 s.
+    app.sink.set_delay(Duration::from_millis(1_200));
+    let (_, delivery) = start_enrollment(&app, "u1").await;
+    assert_eq!(app.wait_delivery(&delivery, "sending").await, "sending");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let engine = email2fa::app::engine(&app.settings, &app.store, &app.queue).expect("engine");
+    let repushed = engine.sweep_with_grace(0).await.expect("sweep");
+    assert_eq!(repushed, 0, "the running send's lease was renewed");
+    assert_eq!(app.wait_delivery(&delivery, "sent").await, "sent");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.sink.count(), 1, "sent once");
+}
+
+mod a_send_slower_than_its_lease_keeps_it_and_goes_out_once {
+    use super::TestApp;
+
+    /// A lease of 3 s (renewed every second): the send outlasts it.
+    fn short_lease(settings: &mut email2fa::settings::Settings) {
+        settings.delivery.lease_seconds = 3;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let app = TestApp::sqlite_with(short_lease).await;
+        super::a_send_slower_than_its_lease_keeps_it_and_goes_out_once(app).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if let Some(app) = TestApp::postgres_with(short_lease).await {
+            super::a_send_slower_than_its_lease_keeps_it_and_goes_out_once(app).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis() {
+        if let Some(app) = TestApp::redis_with(short_lease).await {
+            super::a_send_slower_than_its_lease_keeps_it_and_goes_out_once(app).await;
+        }
+    }
 }

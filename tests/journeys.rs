@@ -509,6 +509,13 @@ async fn removing_the_factor_closes_its_open_login_challenges(app: TestApp) {
         )
         .await;
     assert_eq!(verify.json()["outcome"], "expired", "{:?}", verify.json());
+    let hashes = "select count(*) from challenges where status = 'expired' \
+         and (code_hash is not null or previous_code_hash is not null)";
+    assert_eq!(
+        app.count(hashes).await,
+        0,
+        "a closed challenge keeps no hash"
+    );
 
     // A login whose code is still queued at the removal (the mail server
     // is down): the code email is discarded, never sent.

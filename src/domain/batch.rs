@@ -285,7 +285,7 @@ pub struct ChallengeUpdate {
     pub expected_status: String,
     /// The wrong tries it was read with.
     pub expected_attempts: i32,
-    /// Whether the current code's hash is dropped.
+    /// Whether the code hashes are dropped (the current and the previous).
     pub clear_hash: bool,
     /// Whether the current code's expiry and delivery are dropped too (a
     /// new send replaced it).
@@ -455,11 +455,14 @@ impl<'a> Overlay<'a> {
         challenge.updated_at = self.now;
     }
 
-    /// Drops a challenge's code hash (`send`: and its expiry and delivery).
+    /// Drops a challenge's code hashes, the previous code's too (`send`:
+    /// and the current code's expiry and delivery).
     pub(super) fn clear_code(&mut self, tenant_id: &str, id: &str, send: bool) {
         let k = key(tenant_id, id);
         if let Some(challenge) = self.snap.challenges.get_mut(&k) {
             challenge.code_hash = None;
+            challenge.previous_code_hash = None;
+            challenge.previous_code_expires_at = None;
             if send {
                 challenge.code_expires_at = None;
                 challenge.code_delivery_id = None;

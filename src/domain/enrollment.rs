@@ -69,6 +69,8 @@ pub fn open_challenge(
         created_at: now,
         updated_at: now,
         closed_at: None,
+        previous_code_hash: None,
+        previous_code_expires_at: None,
     };
     check_limits(overlay, &challenge)?;
     for earlier in overlay.pending_of(tenant_id, &user.id, purpose) {

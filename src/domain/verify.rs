@@ -1,5 +1,7 @@
 //! `enrollment.verify` and `login.verify`: one code, checked in constant
-//! time against its keyed hash, good once.
+//! time against its keyed hash, good once. A challenge whose email was sent
+//! a second time without a user asking (a retry of the same delivery)
+//! accepts the code it replaced too, until that code's own expiry.
 //!
 //! Every verification of a challenge runs under its user's lock (the
 //! challenge id carries the user's key, see [`super::keys`]), one after the
@@ -85,10 +87,14 @@ pub fn verify(
         return Ok(VerifyAnswer::outcome("expired", None));
     }
     let typed = normalize_code(&event.code);
-    let matches = challenge
-        .code_hash
-        .as_deref()
-        .is_some_and(|stored| overlay.hasher.code_matches(&challenge.id, &typed, stored));
+    let matches = live_code_hashes(&challenge, now)
+        .into_iter()
+        .flatten()
+        .fold(false, |found, stored| {
+            // Both compared whatever the first answered: no timing tells
+            // which code matched.
+            overlay.hasher.code_matches(&challenge.id, &typed, stored) | found
+        });
     if !matches {
         return Ok(wrong_try(overlay, &challenge));
     }
@@ -120,6 +126,19 @@ pub fn verify(
         );
     }
     Ok(answer)
+}
+
+/// The hashes of the codes a pending challenge accepts now: its current
+/// code, and the one it replaced when the same delivery was sent again (a
+/// retry no user asked for; its first copy may be in the inbox) until that
+/// code's own expiry. A typed code is one try whichever it is compared with.
+fn live_code_hashes(challenge: &Challenge, now: Timestamp) -> [Option<&[u8]>; 2] {
+    let previous = challenge.previous_code_hash.as_deref().filter(|_| {
+        challenge
+            .previous_code_expires_at
+            .is_some_and(|at| at > now)
+    });
+    [challenge.code_hash.as_deref(), previous]
 }
 
 /// Moves a pending challenge to `verified` or `expired`.

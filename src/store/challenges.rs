@@ -1,10 +1,11 @@
 //! Challenges: one code journey each (enrollment or login). The hot
 //! webhooks read and write them in batches ([`super::batch`]), under their
-//! user's lock; what is left here are the single-row reads and writes of
-//! the operations side and the delivery engine (each conditional on the
-//! challenge still being pending and current).
+//! user's lock; what is left here are the single-row read and write of the
+//! operations side (conditional on the challenge still being pending). The
+//! delivery engine stores its codes' hashes in batches
+//! ([`Store::store_minted_codes`]).
 
-use email2fa_workers::{with_db, with_tx};
+use email2fa_workers::with_tx;
 
 use super::{Store, StoreResult, Timestamp, Tx};
 
@@ -45,6 +46,12 @@ pub struct Challenge {
     pub code_expires_at: Option<Timestamp>,
     /// The delivery that carried the current code.
     pub code_delivery_id: Option<String>,
+    /// Keyed hash of the code the current one replaced when the same
+    /// delivery was sent again (a retry no user asked for): the first copy
+    /// may be in the inbox already, so it stays valid beside the new one.
+    pub previous_code_hash: Option<Vec<u8>>,
+    /// When that earlier code stops working (its own expiry).
+    pub previous_code_expires_at: Option<Timestamp>,
     /// The newest send asked for; any other send is superseded.
     pub current_delivery_id: Option<String>,
     /// From when `challenge.resend` is accepted.
@@ -62,7 +69,7 @@ pub struct Challenge {
 pub(crate) const COLUMNS: &str = "tenant_id, id, purpose, user_id, role, email, user_name, locale, \
     secondary_auth_provider_id, status, attempts, max_attempts, code_length, code_ttl_seconds, \
     code_hash, code_expires_at, code_delivery_id, current_delivery_id, resend_after, factor_id, \
-    created_at, updated_at, closed_at";
+    created_at, updated_at, closed_at, previous_code_hash, previous_code_expires_at";
 
 impl Store {
     /// One challenge of a tenant.
@@ -79,8 +86,9 @@ impl Store {
             .bind(tenant_id).bind(id).fetch_optional(conn).await)?)
     }
 
-    /// Points a pending challenge at a new send: every earlier code stops
-    /// working at once, the new one is minted when its email goes out.
+    /// Points a pending challenge at a new send: every earlier code (the
+    /// previous one too) stops working at once, the new one is minted when
+    /// its email goes out.
     pub async fn start_new_send(
         &self,
         tx: &mut Tx,
@@ -92,32 +100,11 @@ impl Store {
     ) -> StoreResult<bool> {
         let changed = with_tx!(tx, conn => sqlx::query(
             "update challenges set current_delivery_id = $3, resend_after = $4, code_hash = null, \
-                code_expires_at = null, code_delivery_id = null, updated_at = $5 \
+                code_expires_at = null, code_delivery_id = null, previous_code_hash = null, \
+                previous_code_expires_at = null, updated_at = $5 \
              where tenant_id = $1 and id = $2 and status = 'pending'")
             .bind(tenant_id).bind(id).bind(delivery_id).bind(resend_after).bind(now)
             .execute(conn).await.map(|r| r.rows_affected()))?;
-        Ok(changed == 1)
-    }
-
-    /// Stores a freshly minted code's hash for the send `delivery_id`, if
-    /// that send is still the challenge's current one and it is pending: one
-    /// statement, so the check and the write cannot be split by a resend.
-    pub async fn store_minted_code(
-        &self,
-        tenant_id: &str,
-        id: &str,
-        delivery_id: &str,
-        code_hash: &[u8],
-        expires_at: Timestamp,
-    ) -> StoreResult<bool> {
-        let _turn = self.db.write_turn().await?;
-        let changed = with_db!(&self.db, pool => sqlx::query(
-            "update challenges set code_hash = $4, code_expires_at = $5, code_delivery_id = $3, \
-                updated_at = $6 \
-             where tenant_id = $1 and id = $2 and status = 'pending' \
-                and current_delivery_id = $3")
-            .bind(tenant_id).bind(id).bind(delivery_id).bind(code_hash).bind(expires_at)
-            .bind(Timestamp::now()).execute(pool).await.map(|r| r.rows_affected()))?;
         Ok(changed == 1)
     }
 }

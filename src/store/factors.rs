@@ -98,7 +98,8 @@ impl Store {
     }
 
     /// Closes the user's pending login challenges that send their codes to
-    /// `email` (a removed factor's address) as `expired`; returns how many.
+    /// `email` (a removed factor's address) as `expired`, their code hashes
+    /// dropped as when any challenge closes; returns how many.
     /// Their verify then answers `expired`, and the worker discards their
     /// queued code emails (it sends only for a pending challenge).
     pub async fn expire_login_challenges(
@@ -110,7 +111,8 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<u64> {
         Ok(with_tx!(tx, conn => sqlx::query(
-            "update challenges set status = 'expired', closed_at = $4, updated_at = $4 \
+            "update challenges set status = 'expired', closed_at = $4, updated_at = $4, \
+                code_hash = null, previous_code_hash = null, previous_code_expires_at = null \
              where tenant_id = $1 and user_id = $2 and purpose = 'login' \
                 and status = 'pending' and email = $3")
             .bind(tenant_id).bind(user_id).bind(email).bind(now)

@@ -26,6 +26,16 @@ impl Store {
     /// batch, so a resend cannot slip between them. Returns the deliveries
     /// whose code was stored; the others were superseded (or the challenge
     /// closed) and must not be sent.
+    ///
+    /// A delivery that minted before (`code_delivery_id` is already this
+    /// delivery: a retry after a crash, a lease that ran out, a sweep's
+    /// re-push, an SMTP retry) is a second attempt of the same email, which
+    /// no user asked for; the first copy may have arrived. The code it
+    /// replaces moves to `previous_code_hash`/`previous_code_expires_at` and
+    /// keeps working until its own expiry (only the one just before: a
+    /// third attempt replaces the first). A first mint, the first of a new
+    /// send, clears them: a new send (`challenge.resend`) supersedes every
+    /// earlier code.
     pub async fn store_minted_codes(&self, codes: &[MintedCode]) -> StoreResult<HashSet<String>> {
         if codes.is_empty() {
             return Ok(HashSet::new());
@@ -41,6 +51,10 @@ impl Store {
                 sqlx::query_as(
                     "update challenges c set code_hash = m.code_hash, \
                         code_expires_at = m.expires_at, code_delivery_id = m.delivery_id, \
+                        previous_code_hash = case when c.code_delivery_id = m.delivery_id \
+                            then c.code_hash end, \
+                        previous_code_expires_at = case when c.code_delivery_id = m.delivery_id \
+                            then c.code_expires_at end, \
                         updated_at = $6 \
                      from unnest($1::text[], $2::text[], $3::text[], $4::bytea[], \
                         $5::timestamptz[]) as m(tenant_id, id, delivery_id, code_hash, expires_at) \
@@ -75,7 +89,13 @@ impl Store {
                     .join(", ");
                 let sql = sqlx::AssertSqlSafe(format!(
                     "update challenges set code_hash = m.column4, code_expires_at = m.column5, \
-                        code_delivery_id = m.column3, updated_at = $1 \
+                        code_delivery_id = m.column3, \
+                        previous_code_hash = case when challenges.code_delivery_id = m.column3 \
+                            then challenges.code_hash end, \
+                        previous_code_expires_at = case \
+                            when challenges.code_delivery_id = m.column3 \
+                            then challenges.code_expires_at end, \
+                        updated_at = $1 \
                      from (values {rows}) as m \
                      where challenges.tenant_id = m.column1 and challenges.id = m.column2 \
                         and challenges.status = 'pending' \

@@ -6,6 +6,7 @@
 pub mod ops;
 pub mod postfix;
 pub mod process;
+pub mod redis_server;
 
 use std::sync::Arc;
 
@@ -311,6 +312,12 @@ impl TestApp {
 
     pub async fn redis_with(adjust: impl FnOnce(&mut Settings)) -> Option<Self> {
         let url = redis_url()?;
+        Some(Self::redis_at(url, adjust).await)
+    }
+
+    /// [`Self::redis_with`] on the Redis server at `url` (a private one,
+    /// [`redis_server::RedisServer`], for tests that take it away).
+    pub async fn redis_at(url: String, adjust: impl FnOnce(&mut Settings)) -> Self {
         let client = redis::Client::open(url.as_str()).expect("redis url");
         let mut conn = client
             .get_multiplexed_async_connection()
@@ -349,8 +356,7 @@ impl TestApp {
             queue,
             database: Box::new(database),
         };
-        let app = Self::start(settings, guard).await;
-        Some(app)
+        Self::start(settings, guard).await
     }
 
     async fn start(settings: Settings, guard: DbGuard) -> Self {

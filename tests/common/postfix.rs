@@ -200,8 +200,8 @@ fn sh(program: &str, args: &[&str]) {
     );
 }
 
-/// `n` ports free on 127.0.0.1 right now.
-fn free_ports<const N: usize>() -> [u16; N] {
+/// `n` ports free on 127.0.0.1 right now (also for the private Redis).
+pub fn free_ports<const N: usize>() -> [u16; N] {
     let listeners: Vec<TcpListener> = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
         .collect();

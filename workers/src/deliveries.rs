@@ -475,3 +475,56 @@ pub async fn overdue(
         .bind(now).bind(due_before).bind(limit).fetch_all(pool).await)?;
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
+
+/// One page of the deliveries still pending, in id order after `after`:
+/// `queued`/`retrying` whatever their due time, and `sending` with an
+/// expired lease (nobody holds them), each with the time its next attempt
+/// is due. A lease still running belongs to a live worker, which records
+/// its outcome itself. For the re-push after a queue lost its jobs.
+pub async fn pending_after(
+    db: &Db,
+    now: Timestamp,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, Timestamp)>, sqlx::Error> {
+    with_db!(db, pool => sqlx::query_as(
+        "select id, next_attempt_at from deliveries \
+         where id > $2 and (status in ('queued', 'retrying') \
+            or (status = 'sending' and lease_until < $1)) \
+         order by id limit $3")
+        .bind(now).bind(after).bind(limit).fetch_all(pool).await)
+}
+
+/// Extends the leases of deliveries this process is sending to `until`
+/// (the engine's lease heartbeat); a row no longer `sending` (recorded
+/// meanwhile) is left alone.
+pub async fn renew_leases(db: &Db, ids: &[String], until: Timestamp) -> Result<(), sqlx::Error> {
+    let mut ids = ids.to_vec();
+    // Row locks in id order, as every batch statement here takes them.
+    ids.sort_unstable();
+    match db {
+        Db::Postgres(pool) => {
+            sqlx::query(
+                "update deliveries set lease_until = $2 \
+                 where id = any($1) and status = 'sending'",
+            )
+            .bind(ids)
+            .bind(until)
+            .execute(pool)
+            .await?;
+        }
+        Db::Sqlite(pool, _) => {
+            let ids = serde_json::to_string(&ids).map_err(|e| sqlx::Error::Encode(e.into()))?;
+            let _turn = db.write_turn().await?;
+            sqlx::query(
+                "update deliveries set lease_until = $2 \
+                 where id in (select value from json_each($1)) and +status = 'sending'",
+            )
+            .bind(ids)
+            .bind(until)
+            .execute(pool)
+            .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,6 +1,12 @@
 //! The delivery engine: one attempt per job — claim the delivery, let the
 //! service prepare it (for a code email: mint the code now), render, send,
-//! and write the outcome back — plus the outbox sweep.
+//! and write the outcome back — plus the outbox sweep, and the re-push of
+//! every pending delivery when the queue lost its jobs (a Redis server that
+//! came back empty, [`Engine::recover_lost_queue`]).
+//!
+//! A claim leases its delivery; the lease is renewed while the attempt runs
+//! ([`crate::leases`]), so it can be short and a dead worker's deliveries
+//! are claimable again soon after it died.
 //!
 //! Jobs run one delivery each, but their database work is done in batches
 //! ([`Batcher`]): the handlers running at the same time submit their
@@ -39,6 +45,7 @@ use crate::db::{Db, Timestamp};
 use crate::dead_letters::{DeadLetterReason, replace_ignoring_case};
 use crate::deliveries::{self, BatchClaim, Delivery, SentRecord};
 use crate::health::{ProviderHealth, ProviderProblem, UnhealthyProvider};
+use crate::leases::Leases;
 use crate::queue::{EmailJob, Queue};
 use crate::render::{MessageKind, Renderer, TemplateContext, build_message};
 use crate::transport::{SendError, SmtpProvider, Transports};
@@ -121,7 +128,9 @@ pub struct EngineConfig {
     pub backoff_base: Duration,
     /// Longest retry delay.
     pub backoff_cap: Duration,
-    /// How long a claimed delivery is ours before a sweep may retry it.
+    /// How long a claimed delivery is ours before a sweep may retry it;
+    /// renewed every third of it while its attempt runs
+    /// ([`crate::leases`]), so only a dead worker's leases run out.
     pub lease_seconds: i64,
     /// How long a due delivery may wait before the sweep re-pushes it.
     pub sweep_grace_seconds: i64,
@@ -132,7 +141,7 @@ impl Default for EngineConfig {
         Self {
             backoff_base: Duration::from_secs(2),
             backoff_cap: Duration::from_secs(60),
-            lease_seconds: 120,
+            lease_seconds: 30,
             sweep_grace_seconds: 30,
         }
     }
@@ -144,6 +153,14 @@ const INVISIBLE_GRACE: Duration = Duration::from_secs(30);
 
 /// How long a worker waits for a young job's row to become visible.
 const VISIBILITY_WAIT: Duration = Duration::from_secs(2);
+
+/// How often a worker process asks a queue that can lose its jobs (Redis)
+/// whether it did: one `SET … NX` a second, so that jobs lost with a Redis
+/// server are pushed again about a second after it is back.
+pub const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Deliveries read and pushed per round of [`Engine::repush_pending`].
+const REPUSH_BATCH: i64 = 500;
 
 /// Most deliveries claimed (or recorded) in one statement.
 const MAX_BATCH: usize = 64;
@@ -173,6 +190,7 @@ struct Inner<S: MessageSource> {
     health: ProviderHealth,
     claims: Batcher<String, Result<Claim, Arc<str>>>,
     sent: Batcher<SentRecord, Result<(), Arc<str>>>,
+    leases: Arc<Leases>,
 }
 
 /// What the batchers' tasks use (they must not hold the engine itself, or
@@ -250,6 +268,8 @@ impl<S: MessageSource> Engine<S> {
                 record_sent(db.clone(), records)
             })
         };
+        let leases = Arc::new(Leases::default());
+        leases.start_heartbeat(shared.db.clone(), shared.config.lease_seconds);
         Self {
             inner: Arc::new(Inner {
                 shared,
@@ -259,6 +279,7 @@ impl<S: MessageSource> Engine<S> {
                 health: ProviderHealth::default(),
                 claims,
                 sent,
+                leases,
             }),
         }
     }
@@ -291,15 +312,21 @@ impl<S: MessageSource> Engine<S> {
     /// One attempt, returning what happened.
     #[tracing::instrument(skip_all, fields(delivery.id = %job.delivery_id))]
     pub async fn attempt(&self, job: EmailJob) -> Result<Outcome, AttemptError> {
-        let (delivery, prepared) = match self.claim_when_visible(&job).await? {
+        let claim = match self.claim_when_visible(&job).await? {
             None | Some(Claim::NotClaimed(_)) => return Ok(Outcome::Skipped),
-            Some(Claim::Ready(ready)) => *ready,
-            Some(Claim::Expired(delivery)) => {
+            Some(claim) => claim,
+        };
+        // Ours until its outcome is recorded: the lease is renewed meanwhile.
+        let _lease = self.inner.leases.hold(&job.delivery_id);
+        let (delivery, prepared) = match claim {
+            Claim::NotClaimed(_) => return Ok(Outcome::Skipped),
+            Claim::Ready(ready) => *ready,
+            Claim::Expired(delivery) => {
                 let why = "its code could no longer be used";
                 self.finish(&delivery, "expired", why).await?;
                 return Ok(Outcome::Finished("expired"));
             }
-            Some(Claim::Unprepared(delivery, error)) => {
+            Claim::Unprepared(delivery, error) => {
                 return match error {
                     PrepareError::Skip(why) => {
                         self.finish(&delivery, "discarded", &why).await?;
@@ -543,9 +570,76 @@ impl<S: MessageSource> Engine<S> {
         Ok(count)
     }
 
-    /// Runs the sweep every `interval` until `shutdown` resolves.
+    /// Pushes every pending delivery again at once, without the sweep's
+    /// grace, if the queue lost its jobs since the last check
+    /// ([`Queue::take_loss`]: a Redis server that came back empty); returns
+    /// how many. Only one process of those sharing the queue takes a loss;
+    /// if its re-push fails half-way it gives the loss back, and the next
+    /// check (in any process) starts over.
+    pub async fn recover_lost_queue(&self) -> Result<usize, crate::queue::QueueError> {
+        if !self.inner.queue.take_loss().await? {
+            return Ok(0);
+        }
+        match self.repush_pending().await {
+            Ok(0) => {
+                tracing::debug!("the queue's sentinel was missing; nothing was pending");
+                Ok(0)
+            }
+            Ok(count) => {
+                tracing::warn!(
+                    count,
+                    "the queue lost its jobs (a Redis server came back empty, or a new \
+                     one); re-pushed every pending delivery"
+                );
+                Ok(count)
+            }
+            Err(error) => {
+                if let Err(error) = self.inner.queue.give_back_loss().await {
+                    tracing::warn!(%error, "could not mark the lost queue for another re-push");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Pushes a job for every delivery still pending (not leased, not
+    /// finished; see [`deliveries::pending_after`]), [`REPUSH_BATCH`] at a
+    /// time until none is left: one due now, a retry waiting for its
+    /// backoff at its due time. Jobs that were not lost run twice at most,
+    /// and the second finds its delivery claimed or finished.
+    pub async fn repush_pending(&self) -> Result<usize, crate::queue::QueueError> {
+        let now = Timestamp::now();
+        let mut after = String::new();
+        let mut count = 0;
+        loop {
+            let page = deliveries::pending_after(self.db(), now, &after, REPUSH_BATCH)
+                .await
+                .map_err(|e| crate::queue::QueueError::Other(e.into()))?;
+            let Some((last, _)) = page.last() else {
+                return Ok(count);
+            };
+            after.clone_from(last);
+            let full = page.len() == usize::try_from(REPUSH_BATCH).unwrap_or(usize::MAX);
+            count += page.len();
+            let jobs = page
+                .into_iter()
+                .map(|(delivery_id, due)| (EmailJob { delivery_id }, Some(due.as_datetime())))
+                .collect();
+            self.inner.queue.push_many_at(jobs).await?;
+            if !full {
+                return Ok(count);
+            }
+        }
+    }
+
+    /// Runs the sweep every `interval` until `shutdown` resolves, and on a
+    /// queue that can lose its jobs (Redis) checks every
+    /// [`LOSS_CHECK_INTERVAL`] whether it did ([`Self::recover_lost_queue`]).
     pub async fn run_sweeper(self, interval: Duration, shutdown: impl Future<Output = ()>) {
         let mut ticker = tokio::time::interval(interval);
+        let mut loss_checks = tokio::time::interval(LOSS_CHECK_INTERVAL);
+        loss_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let watch_losses = self.inner.queue.can_lose_jobs();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -553,6 +647,13 @@ impl<S: MessageSource> Engine<S> {
                 _ = ticker.tick() => {
                     if let Err(error) = self.sweep().await {
                         tracing::warn!(%error, "outbox sweep failed");
+                    }
+                }
+                _ = loss_checks.tick(), if watch_losses => {
+                    // While Redis is away every check fails; the sweep's
+                    // warning says so every `interval` already.
+                    if let Err(error) = self.recover_lost_queue().await {
+                        tracing::debug!(%error, "could not check the queue for lost jobs");
                     }
                 }
             }

@@ -19,6 +19,7 @@ pub mod dead_letters;
 pub mod deliveries;
 pub mod engine;
 pub mod health;
+mod leases;
 pub mod metrics;
 pub mod queue;
 pub mod render;

@@ -173,6 +173,8 @@ fn pending(snap: &mut Snapshot, user: &str, purpose: &str, code: &str) -> String
         created_at: now(),
         updated_at: now(),
         closed_at: None,
+        previous_code_hash: None,
+        previous_code_expires_at: None,
     };
     snap.challenges.insert(key("acme", &id), challenge);
     id
@@ -437,4 +439,48 @@ fn send_targets_are_the_users_and_addresses_that_may_get_a_code() {
         names(&recipients),
         ["new@example.com", "u1@example.com", "u3@example.com"]
     );
+}
+
+/// Gives the challenge `id` an earlier code of the same delivery (a retry
+/// no user asked for) that expires `in_seconds` from now.
+fn with_previous_code(snap: &mut Snapshot, id: &str, code: &str, in_seconds: i64) {
+    let challenge = snap
+        .challenges
+        .get_mut(&key("acme", id))
+        .expect("challenge");
+    challenge.previous_code_hash = Some(hasher().code_hash(id, code));
+    challenge.previous_code_expires_at = Some(now().plus_seconds(in_seconds));
+}
+
+#[test]
+fn the_code_a_retry_replaced_works_until_its_own_expiry_and_tries_count_once() {
+    let mut snap = snapshot();
+    let id = pending(&mut snap, "u1", "login", "222222");
+    with_previous_code(&mut snap, &id, "111111", 60);
+    let (verdicts, writes) = run(
+        snap,
+        vec![verify(&id, "000000", true), verify(&id, "111111", true)],
+    );
+    assert_eq!(answer(&verdicts[0])["attempts_remaining"], 4, "one try");
+    assert_eq!(answer(&verdicts[1])["outcome"], "verified");
+    assert_eq!(writes.challenge_updates[0].row.attempts, 1);
+
+    let mut snap = snapshot();
+    let id = pending(&mut snap, "u1", "login", "222222");
+    with_previous_code(&mut snap, &id, "111111", 0);
+    let (verdicts, _) = run(snap, vec![verify(&id, "111111", true)]);
+    assert_eq!(answer(&verdicts[0])["outcome"], "invalid_code", "expired");
+}
+
+#[test]
+fn send_new_code_ends_the_code_a_retry_replaced_too() {
+    let mut snap = snapshot();
+    let id = pending(&mut snap, "u1", "login", "222222");
+    with_previous_code(&mut snap, &id, "111111", 60);
+    let resend =
+        HotEvent::Resend(serde_json::from_value(json!({"challenge_id": id})).expect("valid"));
+    let (verdicts, writes) = run(snap, vec![resend, verify(&id, "111111", true)]);
+    assert_eq!(answer(&verdicts[1])["outcome"], "invalid_code");
+    let update = &writes.challenge_updates[0];
+    assert!(update.row.previous_code_hash.is_none() && update.clear_hash);
 }

@@ -188,7 +188,7 @@ static COUNTS: LazyLock<Sql> = LazyLock::new(|| {
 /// Every column of [`AT_ONCE`]'s rows with its PostgreSQL type: the
 /// columns of each table read, by name (a receipt's `status` as
 /// `receipt_status`, not to meet a challenge's).
-const WIDE: [(&str, &str); 35] = [
+const WIDE: [(&str, &str); 37] = [
     ("tenant_id", "text"),
     ("id", "text"),
     ("purpose", "text"),
@@ -212,6 +212,8 @@ const WIDE: [(&str, &str); 35] = [
     ("created_at", "timestamptz"),
     ("updated_at", "timestamptz"),
     ("closed_at", "timestamptz"),
+    ("previous_code_hash", "bytea"),
+    ("previous_code_expires_at", "timestamptz"),
     ("token_hash", "bytea"),
     ("label", "text"),
     ("last_used_at", "timestamptz"),

@@ -113,7 +113,11 @@ const CHALLENGE_UPDATES: Table = Table {
             current_delivery_id = x.current_delivery_id, resend_after = x.resend_after, \
             code_hash = case when x.clear_hash then null else challenges.code_hash end, \
             code_expires_at = case when x.clear_send then null else challenges.code_expires_at end, \
-            code_delivery_id = case when x.clear_send then null else challenges.code_delivery_id end \
+            code_delivery_id = case when x.clear_send then null else challenges.code_delivery_id end, \
+            previous_code_hash = case when x.clear_hash then null \
+              else challenges.previous_code_hash end, \
+            previous_code_expires_at = case when x.clear_hash then null \
+              else challenges.previous_code_expires_at end \
           from {src} \
           where challenges.tenant_id = x.tenant_id and challenges.id = x.id \
             and challenges.status = x.expected_status and challenges.attempts = x.expected_attempts",

@@ -129,7 +129,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// on purpose: a live worker on a loaded machine whose heartbeat runs late
 /// must not be declared dead (on Redis that also drops its registration, and
 /// its fetches fail until it restarts). The engine's outbox sweep re-pushes
-/// a killed worker's unfinished deliveries sooner (after their lease).
+/// a killed worker's unfinished deliveries too, once their lease (no longer
+/// renewed) has run out.
 pub const MISSED_HEARTBEATS: usize = 6;
 
 /// `max_attempts` of every pushed task (apalis's default, set explicitly).
@@ -318,6 +319,65 @@ impl Queue {
             return Ok(());
         }
         self.push_tasks(due_tasks(&jobs)?, true).await
+    }
+
+    /// Pushes jobs, each to run not before its `run_at` (now when it is
+    /// `None` or past), in one round trip where the backend allows it.
+    #[tracing::instrument(skip_all, fields(jobs = jobs.len(), queue.backend = self.backend_name()))]
+    pub async fn push_many_at(
+        &self,
+        jobs: Vec<(EmailJob, Option<DateTime<Utc>>)>,
+    ) -> Result<(), QueueError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let tasks = jobs
+            .iter()
+            .map(|(job, run_at)| task_for(job, run_at.and_then(due_second)).map(|(task, _)| task))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.push_tasks(tasks, true).await
+    }
+
+    /// Whether the queue can lose jobs apart from the deliveries table, and
+    /// thus needs [`Queue::take_loss`] watched: only Redis. A job in the
+    /// SQLite or PostgreSQL queue is a row of the same database as its
+    /// delivery, committed in the same transaction, so it is lost only with
+    /// the delivery itself (a restored backup rolls both back together).
+    pub fn can_lose_jobs(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
+    }
+
+    /// Whether the queue lost its jobs since someone last took the loss:
+    /// true once per loss, to the one process (of all sharing the queue)
+    /// that sees it first, which then pushes every pending delivery again.
+    ///
+    /// On Redis the queue keeps a sentinel key, `{queue}:sentinel`; a
+    /// server restarted without its data (no persistence, or a lost disk),
+    /// flushed, or replaced by an empty one has none. `SET … NX` both
+    /// detects that and writes the key again, atomically, so two processes
+    /// never both take the same loss. The sentinel rather than the server's
+    /// `run_id` (`INFO server`): a restart that kept its data changes the
+    /// `run_id` but loses nothing, and a `FLUSHALL` loses everything but
+    /// keeps the `run_id`. The first check against a server that never had
+    /// the key (a new installation, or one upgraded to this version) counts
+    /// as a loss too: harmless, a job pushed twice is claimed once. What
+    /// no sentinel sees (a failover to a replica that lagged behind) is
+    /// left to the outbox sweep. The database backends never lose a job
+    /// apart from its delivery ([`Queue::can_lose_jobs`]): always false.
+    pub async fn take_loss(&self) -> Result<bool, QueueError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.take_loss(&self.name).await,
+            Backend::Sqlite(_) | Backend::Postgres(_) => Ok(false),
+        }
+    }
+
+    /// Gives a loss taken with [`Queue::take_loss`] back (its re-push
+    /// failed half-way), so that the next check takes it again.
+    pub async fn give_back_loss(&self) -> Result<(), QueueError> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.give_back_loss(&self.name).await,
+            Backend::Sqlite(_) | Backend::Postgres(_) => Ok(()),
+        }
     }
 
     /// Whether jobs live apart from the database (Redis): then

@@ -88,6 +88,29 @@ impl RedisQueue {
         })
     }
 
+    /// See [`super::Queue::take_loss`]: writes the sentinel key if it is
+    /// missing, and says whether it was.
+    pub(super) async fn take_loss(&self, queue: &str) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let written: Option<String> = redis::cmd("SET")
+            .arg(sentinel(queue))
+            .arg(chrono::Utc::now().to_rfc3339())
+            .arg("NX")
+            .query_async(&mut conn)
+            .await?;
+        Ok(written.is_some())
+    }
+
+    /// See [`super::Queue::give_back_loss`]: deletes the sentinel key.
+    pub(super) async fn give_back_loss(&self, queue: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("DEL")
+            .arg(sentinel(queue))
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Connects now, so that an unreachable server is reported at once.
     pub(super) async fn connect(url: &str) -> Result<Self, QueueError> {
         let client = redis::Client::open(url)?;
@@ -192,6 +215,13 @@ async fn subscribe(client: &redis::Client, channel: &str) -> redis::RedisResult<
 /// namespaces in Redis; the prefix keeps queues apart).
 fn channel(queue: &str) -> String {
     format!("{queue}:pushed")
+}
+
+/// The key whose absence tells that the server lost the queue's keys
+/// (see [`super::Queue::take_loss`]); its value, the time it was written,
+/// is for people looking.
+fn sentinel(queue: &str) -> String {
+    format!("{queue}:sentinel")
 }
 
 fn storage(conn: ConnectionManager, queue: &str, batch_size: usize) -> RedisStorage<Value> {

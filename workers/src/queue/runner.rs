@@ -21,6 +21,11 @@ use super::{Backend, EmailJob, Queue, QueueError, Wakeups, postgres, sqlite};
 /// [`RESTART_DELAY_MAX`] while the backend keeps failing.
 const RESTART_DELAY_MIN: Duration = Duration::from_secs(1);
 const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
+/// How often a failed worker waiting to start again asks whether its queue
+/// answers ([`wait_to_restart`]): one ping each, while the queue is away.
+const RESTART_PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// The longest a probe waits for its answer.
+const RESTART_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A worker that ran this long before failing starts again after
 /// [`RESTART_DELAY_MIN`].
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
@@ -66,7 +71,8 @@ impl Default for WorkerConfig {
 /// runtime's threads; a panic is caught there and the task is recorded as
 /// killed (not retried). When the backend fails (the database or Redis went
 /// away), the worker is started again under a new name after a delay that
-/// doubles up to 5 s, once the handlers it left have finished. Returns
+/// doubles up to 5 s, once the handlers it left have finished; if the
+/// queue was seen unreachable and answers again meanwhile, at once. Returns
 /// [`QueueError::Unavailable`] only when the queue cannot be reached at start.
 pub async fn run_workers<H, Fut>(
     queue: Queue,
@@ -98,7 +104,7 @@ where
         tracing::warn!(restart_in = ?delay, "the queue worker stopped; restarting it");
         let settle = async {
             let _ = tokio::time::timeout(config.shutdown_timeout, in_flight.idle()).await;
-            tokio::time::sleep(delay).await;
+            wait_to_restart(&queue, delay).await;
         };
         tokio::select! {
             () = shutdown.clone() => {
@@ -109,6 +115,34 @@ where
             () = settle => {}
         }
         delay = (delay * 2).min(RESTART_DELAY_MAX);
+    }
+}
+
+/// Waits `delay` before a failed worker starts again, or less: as soon as
+/// the queue answers a ping after failing one during this wait (Redis or
+/// the database came back), it returns, probing every
+/// [`RESTART_PROBE_INTERVAL`]; new jobs are then picked up within about
+/// that long of the queue's return instead of after the rest of a delay
+/// that grew while it was away. A worker that failed while its queue
+/// answered (some other fault) waits the whole delay, so that a fault that
+/// repeats does not restart it in a loop.
+async fn wait_to_restart(queue: &Queue, delay: Duration) {
+    let deadline = Instant::now() + delay;
+    let mut was_down = false;
+    loop {
+        let answered = matches!(
+            tokio::time::timeout(RESTART_PROBE_TIMEOUT, queue.ping()).await,
+            Ok(Ok(()))
+        );
+        if answered && was_down {
+            return;
+        }
+        was_down |= !answered;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(RESTART_PROBE_INTERVAL)).await;
     }
 }
 
