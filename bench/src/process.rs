@@ -180,7 +180,7 @@ async fn sample_rss(pid: u32, peak: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
 }
 
 /// A `kB` field of `/proc/<pid>/status`.
-fn status_kb(pid: u32, field: &str) -> Option<u64> {
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
     line[field.len()..].split_whitespace().next()?.parse().ok()

@@ -11,6 +11,7 @@ mod reconcile;
 mod report;
 mod scenario;
 mod servers;
+mod soak;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -128,8 +129,20 @@ pub struct Options {
     /// printed for a failed scenario anyway).
     #[arg(long)]
     pub logs: bool,
+    /// Instead of the scenarios: a soak of this many minutes, one
+    /// deployment under a steady load at `--rate` with a random fault
+    /// every `--fault-every` seconds on average (see bench/README.md).
+    #[arg(long)]
+    pub soak_minutes: Option<f64>,
+    /// The soak's mean pause between two faults, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub fault_every: f64,
+    /// The soak's random seed (default: from the clock; the report prints
+    /// it, so a failing soak can be run again as it was).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Result file name (bench/results/<name>.{md,json}); default
-    /// faults-<UTC time>.
+    /// faults-<UTC time> (soak-<UTC time> for a soak).
     #[arg(long)]
     pub name: Option<String>,
 }
@@ -161,10 +174,14 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
             }
         );
     }
-    let name = options
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("faults-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+    let name = options.name.clone().unwrap_or_else(|| {
+        let kind = if options.soak_minutes.is_some() {
+            "soak"
+        } else {
+            "faults"
+        };
+        format!("{kind}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"))
+    });
     let started = Instant::now();
     let mut machine = crate::machine::info();
     println!("email2fa-bench faults: {}", bin.display());
@@ -187,6 +204,19 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
         redis_url: servers.redis.url(),
         cleanup: Cleanup::default(),
     };
+    if let Some(minutes) = options.soak_minutes {
+        let report = soak::run(&mut servers, &env, &options, minutes).await;
+        env.cleanup.run_all().await;
+        drop(servers);
+        let report = report?;
+        machine["loadavg_after"] = crate::machine::loadavg().into();
+        machine["settings"] = serde_json::json!(scenario::SETTINGS);
+        let title = format!("email2fa soak — {name}");
+        let md = soak::markdown(&title, &machine, &report);
+        let json = serde_json::json!({"machine": machine, "soak": report});
+        crate::report::save(&name, &json, &md)?;
+        return Ok(report.problems.is_empty());
+    }
     let mut rows = Vec::new();
     for fault in faults {
         println!("{} …", fault.title());

@@ -43,7 +43,7 @@ pub const SETTINGS: [(&str, &str); 8] = [
 ];
 
 /// Connections of the hosts' open loop.
-const CONNECTIONS: usize = 8;
+pub(super) const CONNECTIONS: usize = 8;
 
 /// When the fault comes, after the load started (or, mid-drain, when the
 /// workers start).
@@ -255,7 +255,10 @@ async fn inject(
 /// The most deliveries in `sending` seen every 100 ms until the time
 /// `stop` gives (or until it is dropped without one); reads that fail
 /// while the database is away are skipped.
-async fn most_sending(pool: sqlx::PgPool, mut stop: watch::Receiver<Option<Instant>>) -> i64 {
+pub(super) async fn most_sending(
+    pool: sqlx::PgPool,
+    mut stop: watch::Receiver<Option<Instant>>,
+) -> i64 {
     let sql = "select count(*) from email2fa.deliveries where status = 'sending'";
     let mut most = 0;
     loop {
@@ -277,7 +280,7 @@ async fn most_sending(pool: sqlx::PgPool, mut stop: watch::Receiver<Option<Insta
 }
 
 /// A one-connection pool that gives up on a connection after 500 ms.
-fn lazy_pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
+pub(super) fn lazy_pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
     Ok(sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_millis(500))
