@@ -168,11 +168,21 @@ impl Deployment {
     /// Starts `email2fa ROLE`; for `serve` and `ingress`, waits for
     /// `/healthz`.
     pub async fn start(&mut self, role: &str) -> anyhow::Result<Service> {
+        let listen = self.listen;
+        self.start_on(role, listen).await
+    }
+
+    /// Starts `email2fa ROLE` listening on `listen` rather than the
+    /// deployment's address (a second ingress beside the first).
+    pub async fn start_on(&mut self, role: &str, listen: SocketAddr) -> anyhow::Result<Service> {
         self.spawned += 1;
         let log = self.dir.path().join(format!("{role}-{}.log", self.spawned));
-        let mut service = Service::spawn(role, &self.bin, &[role.to_string()], &self.vars, log)?;
+        let mut vars = self.vars.clone();
+        vars.retain(|(k, _)| k != "EMAIL2FA_LISTEN");
+        vars.push(("EMAIL2FA_LISTEN".to_string(), listen.to_string()));
+        let mut service = Service::spawn(role, &self.bin, &[role.to_string()], &vars, log)?;
         if role != "worker" {
-            wait_healthy(&mut service, self.listen).await?;
+            wait_healthy(&mut service, listen).await?;
         }
         Ok(service)
     }
@@ -304,7 +314,7 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
+pub fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?)
 }

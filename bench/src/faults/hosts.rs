@@ -58,7 +58,7 @@ impl Tally {
         self.unavailable + self.other_5xx.values().sum::<u64>()
     }
 
-    fn merge(&mut self, other: Self) {
+    pub fn merge(&mut self, other: Self) {
         self.accepted.extend(other.accepted);
         self.replayed += other.replayed;
         self.unavailable += other.unavailable;

@@ -1,14 +1,14 @@
 //! The soak (`email2fa-bench faults --soak-minutes M`): one deployment
-//! (one `ingress`, two `worker`s, the counting SMTP sink, the suite's
+//! (two `ingress`es, two `worker`s, the counting SMTP sink, the suite's
 //! private PostgreSQL and Redis) under a steady open loop of signed
-//! `login.started` webhooks for many minutes, with a random fault every
-//! `--fault-every` seconds on average. The ingress and the first worker
-//! live through the whole run, so their resident memory and open file
-//! descriptors can be followed from start to end; the second worker is
-//! the one that gets killed. At the end every accepted webhook's email
-//! must have arrived, duplicates stay within the sends in flight at the
-//! faults, the tables agree with the sink, and memory and descriptors
-//! must be flat.
+//! `login.started` webhooks for many minutes, half of the hosts posting to
+//! each ingress, with a random fault of the suite every `--fault-every`
+//! seconds on average. The first ingress and the first worker live through
+//! the whole run, so their resident memory and open file descriptors can
+//! be followed from start to end; the second of each is the one a kill
+//! takes. At the end every accepted webhook's email must have arrived,
+//! duplicates stay within the sends in flight at the faults, the tables
+//! agree with the sink, and memory and descriptors must be flat.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,16 +28,9 @@ use super::scenario::{
 use crate::deployment::{Deployment, Env, Kind};
 use crate::process::Service;
 
-/// The faults the soak draws from. Killing the ingress is left to the
-/// suite's own scenario: the soak keeps one ingress for its whole run, so
-/// that its memory can be followed.
-const FAULTS: [Fault; 5] = [
-    Fault::WorkerKill,
-    Fault::RedisKill,
-    Fault::PostgresRestart,
-    Fault::SmtpShort,
-    Fault::SmtpLong,
-];
+/// The faults the soak draws from: the suite's six. A kill takes the
+/// second worker or the second ingress.
+const FAULTS: [Fault; 6] = Fault::ALL;
 
 /// How long SMTP stays down in the soak's long outage: past the whole
 /// retry window of the suite's settings (at most 7.5 s).
@@ -79,8 +72,8 @@ pub struct Sample {
     pub fds: u64,
 }
 
-/// The memory and descriptors of one long-lived process: the median of
-/// the early window (after warm-up) against that of the last window.
+/// The memory and descriptors of one long-lived process: the highest of
+/// the early window (after warm-up) against the median of the last.
 #[derive(Debug, Clone, Serialize)]
 pub struct Trend {
     pub role: String,
@@ -141,17 +134,43 @@ pub async fn run(
         options.rate
     );
     let requests = d.enrolled_logins(n).await?;
+    let second = crate::deployment::free_port()?;
+    let mut victims = Victims {
+        ingress: Some(d.start_on("ingress", second).await?),
+        second,
+        worker: Some(d.start("worker").await?),
+    };
     let mut steady = d.start("worker").await?;
-    let mut victim = Some(d.start("worker").await?);
     let load_started = Instant::now();
-    let load = tokio::spawn(hosts::post_all(
-        d.listen,
-        requests,
-        CONNECTIONS,
-        options.rate,
-        GIVE_UP,
-        Arc::new(AtomicU64::new(0)),
-    ));
+    // Half of the hosts post to each ingress (every other webhook).
+    let half = |k: usize| -> Arc<Vec<_>> {
+        Arc::new(requests.iter().skip(k).step_by(2).cloned().collect())
+    };
+    let (first_half, second_half) = (half(0), half(1));
+    let (first, rate) = (d.listen, options.rate / 2.0);
+    let load = tokio::spawn(async move {
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (mut tally, other) = tokio::join!(
+            hosts::post_all(
+                first,
+                first_half,
+                CONNECTIONS / 2,
+                rate,
+                GIVE_UP,
+                Arc::clone(&accepted)
+            ),
+            hosts::post_all(
+                second,
+                second_half,
+                CONNECTIONS / 2,
+                rate,
+                GIVE_UP,
+                accepted
+            ),
+        );
+        tally.merge(other);
+        tally
+    });
     let (stop_sampling, sampling) = watch::channel(false);
     let sampler = tokio::spawn(sample(
         vec![
@@ -180,7 +199,7 @@ pub async fn run(
         let at = load_started.elapsed();
         let (stop, stopped) = watch::channel(None);
         let in_flight = tokio::spawn(most_sending(lazy_pool(&url)?, stopped));
-        strike(fault, &mut d, &mut victim, servers).await?;
+        strike(fault, &mut d, &mut victims, servers).await?;
         let took = load_started.elapsed() - at;
         let _ = stop.send(Some(Instant::now()));
         let in_flight = in_flight.await.context("the sampler failed")?;
@@ -220,7 +239,7 @@ pub async fn run(
     report.minutes = minutes;
     report.rate = options.rate;
     report.seed = seed;
-    let all = [Some(ingress), Some(steady), victim];
+    let all = [Some(ingress), Some(steady), victims.ingress, victims.worker];
     for service in all.into_iter().flatten() {
         service.stop(Duration::from_secs(10)).await;
     }
@@ -229,20 +248,35 @@ pub async fn run(
     Ok(report)
 }
 
+/// The processes a kill takes: the second ingress (on its own address)
+/// and the second worker.
+struct Victims {
+    ingress: Option<Service>,
+    second: std::net::SocketAddr,
+    worker: Option<Service>,
+}
+
 /// Injects one fault and repairs it.
 async fn strike(
     fault: Fault,
     d: &mut Deployment,
-    victim: &mut Option<Service>,
+    victims: &mut Victims,
     servers: &mut Servers,
 ) -> anyhow::Result<()> {
     match fault {
         Fault::WorkerKill => {
-            if let Some(worker) = victim.take() {
+            if let Some(worker) = victims.worker.take() {
                 worker.kill().await;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            *victim = Some(d.start("worker").await?);
+            victims.worker = Some(d.start("worker").await?);
+        }
+        Fault::IngressKill => {
+            if let Some(ingress) = victims.ingress.take() {
+                ingress.kill().await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            victims.ingress = Some(d.start_on("ingress", victims.second).await?);
         }
         Fault::RedisKill => {
             servers.redis.kill();
@@ -268,7 +302,6 @@ async fn strike(
             settle(d, Duration::from_secs(20)).await?;
             d.command(&["dlq", "resend", "--all"]).await?;
         }
-        Fault::IngressKill => anyhow::bail!("the soak keeps its ingress"),
     }
     Ok(())
 }
@@ -335,12 +368,12 @@ async fn sample(
     }
 }
 
-/// The early and late levels of each process: the medians of the sixth
-/// of the run after the first sixth (warm-up) and of the last sixth.
+/// The early and late levels of each process: the highest reading of
+/// the sixth of the run after the first sixth (warm-up: pools and caches
+/// filling) against the median of the last sixth.
 fn trends(samples: &[Sample], duration: f64) -> Vec<Trend> {
     let sixth = duration / 6.0;
     let mut roles: Vec<&str> = samples.iter().map(|s| s.role.as_str()).collect();
-    roles.dedup();
     roles.sort_unstable();
     roles.dedup();
     roles
@@ -355,10 +388,10 @@ fn trends(samples: &[Sample], duration: f64) -> Vec<Trend> {
             };
             let early = window(sixth, 2.0 * sixth);
             let late = window(duration - sixth, f64::MAX);
-            let rss = |w: &[&Sample]| median(w.iter().map(|s| s.rss_mb).collect());
-            let fds = |w: &[&Sample]| median(w.iter().map(|s| s.fds as f64).collect());
-            let (rss_early, rss_late) = (rss(&early), rss(&late));
-            let (fds_early, fds_late) = (fds(&early), fds(&late));
+            let rss_early = early.iter().map(|s| s.rss_mb).fold(0.0, f64::max);
+            let fds_early = early.iter().map(|s| s.fds as f64).fold(0.0, f64::max);
+            let rss_late = median(late.iter().map(|s| s.rss_mb).collect());
+            let fds_late = median(late.iter().map(|s| s.fds as f64).collect());
             Trend {
                 role: role.to_string(),
                 rss_first_mb: of.first().map_or(0.0, |s| s.rss_mb),
@@ -472,7 +505,7 @@ pub fn markdown(title: &str, machine: &serde_json::Value, r: &Report) -> String 
         faults.join(", "),
     );
     md.push_str(
-        "\n| process | RSS at start | RSS early → late (median) | RSS max | descriptors early → late (median) | descriptors max | flat |\n\
+        "\n| process | RSS at start | RSS early (highest) → late (median) | RSS max | descriptors early (highest) → late (median) | descriptors max | flat |\n\
          | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for t in &r.trends {
