@@ -53,16 +53,7 @@ async fn the_cli_lists_resends_and_discards_dead_letters_like_the_api() {
         "{listed}"
     );
     let letters: Value = serde_json::from_str(&cli(&["dlq", "list", "--json"])).expect("json");
-    let id_of = |delivery: &str| {
-        letters["dead_letters"]
-            .as_array()
-            .expect("list")
-            .iter()
-            .find(|l| l["delivery_id"] == delivery)
-            .and_then(|l| l["id"].as_str())
-            .expect("listed")
-            .to_string()
-    };
+    let id_of = |delivery: &str| common::ops::letter_of(&letters, delivery);
     let resent = cli(&["dlq", "resend", &id_of(&d1)]);
     assert!(resent.contains("as delivery"), "{resent}");
     app.mail_for("c1@shop.example", 1).await;
