@@ -9,7 +9,7 @@ use serde::Serialize;
 use email2fa_workers::dead_letters::replace_ignoring_case;
 use email2fa_workers::history::{self, DeliveryRecord};
 
-use super::{OpsError, mask_recipient, smtp_address};
+use super::{OpsError, SmtpServers, mask_recipient};
 use crate::store::Store;
 
 /// One attempt in the history.
@@ -132,12 +132,15 @@ pub async fn delivery_detail(store: &Store, id: &str) -> Result<DeliveryDetail, 
     }
     let letter = history::letter_of(store.db(), id).await?;
     let challenge_status = challenge_status(store, &d).await?;
+    let smtp = SmtpServers::new(store)
+        .of(&d.tenant_id, &d.secondary_auth_provider_id)
+        .await?;
     let resend = letter
         .as_ref()
         .filter(|l| l.resolution.is_none())
         .map(|_| resend_verdict(&d, challenge_status.as_deref()));
     Ok(DeliveryDetail {
-        smtp: smtp_address(d.smtp_host.as_deref(), d.smtp_port),
+        smtp,
         next_attempt_at: matches!(d.status.as_str(), "queued" | "retrying")
             .then(|| d.next_attempt_at.to_rfc3339()),
         sent_at: d.sent_at.map(|t| t.to_rfc3339()),

@@ -11,7 +11,7 @@ pub use detail::{AttemptView, DeliveryDetail, LetterView, ResendVerdict, deliver
 pub use resend::{
     BulkAnswer, BulkDiscarded, Refused, Resent, discard, discard_matching, resend, resend_matching,
 };
-pub use retrying::{RetryingPage, RetryingView, list_retrying, retry_now, smtp_address};
+pub use retrying::{RetryingPage, RetryingView, SmtpServers, list_retrying, retry_now};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -7,6 +7,8 @@
 //! delivery sent (or due again later) and does nothing, because every
 //! attempt starts with a conditional claim of the row.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use email2fa_workers::dead_letters::replace_ignoring_case;
@@ -46,8 +48,9 @@ pub struct RetryingView {
     pub created_at: String,
 }
 
-impl From<RetryingDelivery> for RetryingView {
-    fn from(d: RetryingDelivery) -> Self {
+impl RetryingView {
+    /// The view of `d`, whose provider sends through `smtp`.
+    fn new(d: RetryingDelivery, smtp: Option<String>) -> Self {
         let masked = mask_recipient(&d.recipient);
         Self {
             last_error: d
@@ -63,17 +66,41 @@ impl From<RetryingDelivery> for RetryingView {
             last_attempt_at: d.updated_at.to_rfc3339(),
             created_at: d.created_at.to_rfc3339(),
             provider: d.secondary_auth_provider_id,
-            smtp: smtp_address(d.smtp_host.as_deref(), d.smtp_port),
+            smtp,
         }
     }
 }
 
-/// `host:port`, or `None` without a host.
-pub fn smtp_address(host: Option<&str>, port: Option<i32>) -> Option<String> {
-    host.map(|host| match port {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
-    })
+/// The SMTP servers of secondary auth providers, each looked up once per
+/// answer (a page holds a few providers at most).
+pub struct SmtpServers<'a> {
+    store: &'a Store,
+    known: HashMap<(String, String), Option<String>>,
+}
+
+impl<'a> SmtpServers<'a> {
+    /// An empty lookup over `store`.
+    pub fn new(store: &'a Store) -> Self {
+        Self {
+            store,
+            known: HashMap::new(),
+        }
+    }
+
+    /// `host:port` of the provider, `None` when it is gone.
+    pub async fn of(
+        &mut self,
+        tenant_id: &str,
+        provider: &str,
+    ) -> Result<Option<String>, OpsError> {
+        let key = (tenant_id.to_string(), provider.to_string());
+        if let Some(known) = self.known.get(&key) {
+            return Ok(known.clone());
+        }
+        let server = self.store.smtp_server_of(tenant_id, provider).await?;
+        self.known.insert(key, server.clone());
+        Ok(server)
+    }
 }
 
 /// One page of retrying emails.
@@ -108,8 +135,16 @@ pub async fn list_retrying(
     let next_cursor = more
         .then(|| rows.last().map(|r| encode_cursor(r.next_attempt_at, &r.id)))
         .flatten();
+    let mut servers = SmtpServers::new(store);
+    let mut retrying = Vec::with_capacity(rows.len());
+    for row in rows {
+        let smtp = servers
+            .of(&row.tenant_id, &row.secondary_auth_provider_id)
+            .await?;
+        retrying.push(RetryingView::new(row, smtp));
+    }
     Ok(RetryingPage {
-        retrying: rows.into_iter().map(RetryingView::from).collect(),
+        retrying,
         next_cursor,
     })
 }

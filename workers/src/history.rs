@@ -1,10 +1,9 @@
-//! One delivery as the operator's detail view shows it: the row with its
-//! provider's SMTP host and port, its dead letter if any, and every failed
-//! attempt (`delivery_attempts`, written by the engine). All reads by
+//! One delivery as the operator's detail view shows it: the row, its dead
+//! letter if any, and every failed attempt (`delivery_attempts`, written by
+//! the engine). All reads by
 //! primary key; no code, password or token is among the columns.
 
 use crate::db::{Db, Timestamp};
-use crate::retrying::SMTP_JOINS;
 use crate::with_db;
 
 /// A delivery with what the detail view shows of it.
@@ -37,10 +36,6 @@ pub struct DeliveryRecord {
     pub resent_from: Option<String>,
     /// The secondary auth provider.
     pub secondary_auth_provider_id: String,
-    /// Its SMTP host; `None` when the provider was deleted.
-    pub smtp_host: Option<String>,
-    /// Its SMTP port.
-    pub smtp_port: Option<i32>,
     /// When the next attempt is due (meaningful while queued or retrying).
     pub next_attempt_at: Timestamp,
     /// Created.
@@ -53,14 +48,12 @@ pub struct DeliveryRecord {
 
 /// The delivery `id`, or `None`.
 pub async fn delivery(db: &Db, id: &str) -> Result<Option<DeliveryRecord>, sqlx::Error> {
-    let sql = sqlx::AssertSqlSafe(format!(
-        "select d.id, d.tenant_id, d.kind, d.user_id, d.recipient, d.status, d.attempts, \
-            d.max_attempts, d.last_error, d.smtp_reply, d.challenge_id, d.resent_from, \
-            d.secondary_auth_provider_id, s.smtp_host, s.smtp_port, d.next_attempt_at, \
-            d.created_at, d.updated_at, d.sent_at \
-         from deliveries d {SMTP_JOINS} where d.id = $1"
-    ));
-    with_db!(db, pool => sqlx::query_as(sql).bind(id).fetch_optional(pool).await)
+    with_db!(db, pool => sqlx::query_as(
+        "select id, tenant_id, kind, user_id, recipient, status, attempts, max_attempts, \
+            last_error, smtp_reply, challenge_id, resent_from, secondary_auth_provider_id, \
+            next_attempt_at, created_at, updated_at, sent_at \
+         from deliveries where id = $1")
+        .bind(id).fetch_optional(pool).await)
 }
 
 /// One failed attempt.

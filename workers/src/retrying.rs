@@ -3,8 +3,8 @@
 //!
 //! Read through `deliveries_by_status (status, next_attempt_at)` in due
 //! order, a page at a time by the keyset `(next_attempt_at, id)`: no index
-//! of its own on the hot table. Each row carries its provider's SMTP host
-//! and port (never its credentials), joined by primary key.
+//! of its own on the hot table. The provider's SMTP host is the service's
+//! to add (its tables), like every other provider detail.
 
 use crate::db::{Db, Timestamp, Tx};
 use crate::{with_db, with_tx};
@@ -34,10 +34,6 @@ pub struct RetryingDelivery {
     pub updated_at: Timestamp,
     /// The secondary auth provider the email goes through.
     pub secondary_auth_provider_id: String,
-    /// Its SMTP host; `None` when the provider was deleted.
-    pub smtp_host: Option<String>,
-    /// Its SMTP port.
-    pub smtp_port: Option<i32>,
 }
 
 /// Which retrying deliveries to read, in due order.
@@ -53,16 +49,8 @@ pub struct RetryingFilter {
     pub after: Option<(Timestamp, String)>,
 }
 
-/// The columns of a delivery with its provider's SMTP host and port (`d`
-/// the delivery; `s` its service provider, left-joined).
-pub const DELIVERY_WITH_SMTP: &str = "d.id, d.tenant_id, d.kind, d.recipient, d.attempts, \
-    d.max_attempts, d.last_error, d.next_attempt_at, d.created_at, d.updated_at, \
-    d.secondary_auth_provider_id, s.smtp_host, s.smtp_port";
-
-/// The joins that go with [`DELIVERY_WITH_SMTP`].
-pub const SMTP_JOINS: &str = "left join secondary_auth_providers a \
-        on a.tenant_id = d.tenant_id and a.id = d.secondary_auth_provider_id \
-    left join service_providers s on s.tenant_id = a.tenant_id and s.id = a.service_provider_id";
+const COLUMNS: &str = "id, tenant_id, kind, recipient, attempts, max_attempts, last_error, \
+    next_attempt_at, created_at, updated_at, secondary_auth_provider_id";
 
 /// Retrying deliveries matching `filter`, the next due first.
 pub async fn list(
@@ -71,14 +59,13 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<RetryingDelivery>, sqlx::Error> {
     let sql = sqlx::AssertSqlSafe(format!(
-        "select {DELIVERY_WITH_SMTP} from deliveries d {SMTP_JOINS} \
-         where d.status = 'retrying' \
-            and ($1 is null or d.tenant_id = $1) \
-            and ($2 is null or d.secondary_auth_provider_id = $2) \
-            and ($3 is null or d.kind = $3) \
-            and ($4 is null or d.next_attempt_at > $4 \
-                or (d.next_attempt_at = $4 and d.id > $5)) \
-         order by d.next_attempt_at, d.id limit $6"
+        "select {COLUMNS} from deliveries \
+         where status = 'retrying' \
+            and ($1 is null or tenant_id = $1) \
+            and ($2 is null or secondary_auth_provider_id = $2) \
+            and ($3 is null or kind = $3) \
+            and ($4 is null or next_attempt_at > $4 or (next_attempt_at = $4 and id > $5)) \
+         order by next_attempt_at, id limit $6"
     ));
     let (after_at, after_id) = filter.after.clone().unzip();
     with_db!(db, pool => sqlx::query_as(sql)

@@ -163,38 +163,25 @@ pub struct ProviderActivity {
     /// When the oldest email that failed in the window (retrying or dead)
     /// was queued: how long it has been failing, at least.
     pub first_failed_at: Option<Timestamp>,
-    /// Its SMTP host; `None` when the provider was deleted.
-    pub smtp_host: Option<String>,
-    /// Its SMTP port.
-    pub smtp_port: Option<i32>,
 }
 
 /// Per-provider activity of deliveries changed since `since`, the busiest
-/// (or most failing) first, at most `limit`, with each provider's SMTP
-/// host and port (joined by primary key after the aggregation).
+/// (or most failing) first, at most `limit`.
 pub async fn provider_activity(
     db: &Db,
     since: Timestamp,
     limit: i64,
 ) -> Result<Vec<ProviderActivity>, sqlx::Error> {
     with_db!(db, pool => sqlx::query_as(
-        "select p.tenant_id, p.secondary_auth_provider_id, p.sent, p.retrying, p.dead, \
-            p.last_sent_at, p.first_failed_at, s.smtp_host, s.smtp_port \
-         from (select tenant_id, secondary_auth_provider_id, \
-                coalesce(sum(case when status = 'sent' then 1 else 0 end), 0) as sent, \
-                coalesce(sum(case when status = 'retrying' then 1 else 0 end), 0) as retrying, \
-                coalesce(sum(case when status = 'dead' then 1 else 0 end), 0) as dead, \
-                max(sent_at) as last_sent_at, \
-                min(case when status in ('retrying', 'dead') then created_at end) \
-                    as first_failed_at \
-            from deliveries where updated_at >= $1 \
-            group by tenant_id, secondary_auth_provider_id \
-            order by 5 desc, 4 desc, 3 desc limit $2) p \
-         left join secondary_auth_providers a \
-            on a.tenant_id = p.tenant_id and a.id = p.secondary_auth_provider_id \
-         left join service_providers s \
-            on s.tenant_id = a.tenant_id and s.id = a.service_provider_id \
-         order by p.dead desc, p.retrying desc, p.sent desc")
+        "select tenant_id, secondary_auth_provider_id, \
+            coalesce(sum(case when status = 'sent' then 1 else 0 end), 0) as sent, \
+            coalesce(sum(case when status = 'retrying' then 1 else 0 end), 0) as retrying, \
+            coalesce(sum(case when status = 'dead' then 1 else 0 end), 0) as dead, \
+            max(sent_at) as last_sent_at, \
+            min(case when status in ('retrying', 'dead') then created_at end) as first_failed_at \
+         from deliveries where updated_at >= $1 \
+         group by tenant_id, secondary_auth_provider_id \
+         order by 5 desc, 4 desc, 3 desc limit $2")
         .bind(since).bind(limit).fetch_all(pool).await)
 }
 

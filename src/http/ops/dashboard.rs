@@ -196,11 +196,15 @@ async fn gather(state: &AppState, query: DashboardQuery) -> Result<Page, ApiErro
         .map_err(store_error)?;
     let since = now.plus_seconds(-WINDOW_MINUTES * 60);
     let mut providers = Vec::new();
+    let mut servers = ops::SmtpServers::new(&state.store);
     for activity in stats::provider_activity(db, since, 20)
         .await
         .map_err(store_error)?
     {
-        providers.push(provider_row(db, activity, since, now).await?);
+        let smtp = servers
+            .of(&activity.tenant_id, &activity.secondary_auth_provider_id)
+            .await?;
+        providers.push(provider_row(db, activity, smtp, since, now).await?);
     }
     let input = FilterInput {
         tenant: query.tenant.clone(),
@@ -386,6 +390,7 @@ fn bars(minutes: &[MinuteCounts]) -> Vec<Bar> {
 async fn provider_row(
     db: &email2fa_workers::db::Db,
     a: ProviderActivity,
+    smtp: Option<String>,
     since: Timestamp,
     now: Timestamp,
 ) -> Result<ProviderRow, ApiError> {
@@ -413,8 +418,7 @@ async fn provider_row(
         last_sent_at: a.last_sent_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
         failing_since: failing.map_or(String::new(), |t| ago(t, now)),
         failing_since_at: failing.map(|t| t.to_rfc3339()).unwrap_or_default(),
-        smtp: ops::smtp_address(a.smtp_host.as_deref(), a.smtp_port)
-            .unwrap_or_else(|| "provider deleted".into()),
+        smtp: smtp.unwrap_or_else(|| "provider deleted".into()),
         last_error,
         tenant_id: a.tenant_id,
         provider: a.secondary_auth_provider_id,
