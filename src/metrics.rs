@@ -65,6 +65,9 @@ fn install() -> Option<PrometheusHandle> {
         Ok(handle) => {
             describe();
             metrics::gauge!("email2fa_smtp_providers_unhealthy").set(0.0);
+            // Every reason from the start, so that `increase()` sees the
+            // first dead letter of a process as an increase from 0.
+            email2fa_workers::metrics::register_dead_letter_reasons();
             Some(handle)
         }
         Err(error) => {
@@ -120,7 +123,16 @@ fn describe() {
         Unit::Seconds,
         "How long the oldest pending delivery has been due"
     );
+    describe_gauge!(
+        "email2fa_queue_oldest_unsent_age_seconds",
+        Unit::Seconds,
+        "How long the oldest email not sent yet (due or in backoff) has waited since its creation"
+    );
     describe_gauge!("email2fa_dead_letters", "Unresolved dead letters");
+    describe_counter!(
+        "email2fa_dead_letters_created_total",
+        "Dead letters written by this process's workers, by reason"
+    );
     describe_gauge!(
         "email2fa_smtp_providers_unhealthy",
         "SMTP providers rejecting our credentials or failing TLS (in this process)"
@@ -152,6 +164,8 @@ pub async fn refresh(db: &Db) -> Result<(), sqlx::Error> {
     }
     metrics::gauge!("email2fa_queue_oldest_pending_age_seconds")
         .set(counts.oldest_pending_age_seconds as f64);
+    metrics::gauge!("email2fa_queue_oldest_unsent_age_seconds")
+        .set(counts.oldest_unsent_age_seconds as f64);
     metrics::gauge!("email2fa_dead_letters").set(counts.dead as f64);
     Ok(())
 }

@@ -120,7 +120,9 @@ async fn metrics_parse_as_prometheus_text_and_count_the_traffic() {
     for gauge in [
         "email2fa_queue_depth",
         "email2fa_queue_oldest_pending_age_seconds",
+        "email2fa_queue_oldest_unsent_age_seconds",
         "email2fa_dead_letters",
+        "email2fa_dead_letters_created_total",
         "email2fa_smtp_providers_unhealthy",
     ] {
         assert!(

@@ -42,6 +42,7 @@ async fn an_smtp_outage_leaves_dead_letters_and_a_bulk_resend_after_recovery_del
         "done",
         "failed",
         "oldest_pending_age_seconds",
+        "oldest_unsent_age_seconds",
     ] {
         assert!(emails[field].is_i64(), "{field} in {queue}");
     }

@@ -31,12 +31,26 @@ pub struct Filter {
     /// Only those dead at or after this RFC 3339 time.
     #[arg(long)]
     since: Option<String>,
+    /// Only this reason: attempts_exhausted, rejected, tls_failed, permanent
+    /// or render.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only those sent through this secondary auth provider.
+    #[arg(long)]
+    provider: Option<String>,
 }
 
 impl Filter {
     /// The filter, or the operator's mistakes, each named.
     fn build(self) -> anyhow::Result<email2fa_workers::dead_letters::DeadLetterFilter> {
-        ops::filter("--tenant", self.tenant, self.kind, self.since.as_deref()).map_err(explain)
+        let input = ops::FilterInput {
+            tenant: self.tenant,
+            kind: self.kind,
+            since: self.since,
+            reason: self.reason,
+            provider: self.provider,
+        };
+        ops::filter("--tenant", input).map_err(explain)
     }
 }
 
@@ -62,13 +76,23 @@ pub enum DlqCommand {
         /// Every unresolved dead letter matching the filters.
         #[arg(long)]
         all: bool,
+        /// With --all: also the letters SMTP rejected for good (reason
+        /// rejected), which are left out otherwise.
+        #[arg(long, requires = "all")]
+        include_permanent: bool,
         #[command(flatten)]
         filter: Filter,
     },
     /// Drop a dead letter for good.
     Discard {
         /// The dead letter's id.
-        id: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every unresolved dead letter matching the filters.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        filter: Filter,
     },
 }
 
@@ -89,12 +113,20 @@ impl QueueCommand {
 
 fn print_stats(stats: &QueueStats) {
     println!(
-        "{:<8} {:>8} {:>10} {:>8} {:>10} {:>8} {:>6} {:>20}",
-        "QUEUE", "PENDING", "SCHEDULED", "RUNNING", "DONE", "FAILED", "DEAD", "OLDEST PENDING (s)"
+        "{:<8} {:>8} {:>10} {:>8} {:>10} {:>8} {:>6} {:>20} {:>19}",
+        "QUEUE",
+        "PENDING",
+        "SCHEDULED",
+        "RUNNING",
+        "DONE",
+        "FAILED",
+        "DEAD",
+        "OLDEST PENDING (s)",
+        "OLDEST UNSENT (s)"
     );
     for q in &stats.queues {
         println!(
-            "{:<8} {:>8} {:>10} {:>8} {:>10} {:>8} {:>6} {:>20}",
+            "{:<8} {:>8} {:>10} {:>8} {:>10} {:>8} {:>6} {:>20} {:>19}",
             q.name,
             q.pending,
             q.scheduled,
@@ -102,7 +134,8 @@ fn print_stats(stats: &QueueStats) {
             q.done,
             q.failed,
             q.dead,
-            q.oldest_pending_age_seconds
+            q.oldest_pending_age_seconds,
+            q.oldest_unsent_age_seconds
         );
     }
 }
@@ -127,11 +160,16 @@ impl DlqCommand {
                     print_letters(&page.dead_letters, page.next_cursor.is_some());
                 }
             }
-            Self::Resend { id, all, filter } => {
+            Self::Resend {
+                id,
+                all,
+                include_permanent,
+                filter,
+            } => {
                 let queue = crate::app::open_queue(settings, &store).await?;
                 if all {
                     let filter = filter.build()?;
-                    let answer = ops::resend_matching(&store, &queue, &filter)
+                    let answer = ops::resend_matching(&store, &queue, &filter, include_permanent)
                         .await
                         .map_err(explain)?;
                     for resent in &answer.resent {
@@ -148,15 +186,32 @@ impl DlqCommand {
                         answer.resent.len(),
                         answer.refused.len()
                     );
+                    if answer.left_out_permanent > 0 {
+                        println!(
+                            "{} rejected by SMTP for good left out (--include-permanent to resend them too)",
+                            answer.left_out_permanent
+                        );
+                    }
                 } else {
                     let id = id.context("give a dead letter id, or --all")?;
                     let delivery = ops::resend(&store, &queue, &id).await.map_err(explain)?;
                     println!("resent {id} as delivery {delivery}");
                 }
             }
-            Self::Discard { id } => {
-                ops::discard(&store, &id).await.map_err(explain)?;
-                println!("discarded {id}");
+            Self::Discard { id, all, filter } => {
+                if all {
+                    let answer = ops::discard_matching(&store, &filter.build()?)
+                        .await
+                        .map_err(explain)?;
+                    for id in &answer.discarded {
+                        println!("discarded {id}");
+                    }
+                    println!("{} discarded", answer.discarded.len());
+                } else {
+                    let id = id.context("give a dead letter id, or --all")?;
+                    ops::discard(&store, &id).await.map_err(explain)?;
+                    println!("discarded {id}");
+                }
             }
         }
         Ok(())
@@ -186,7 +241,9 @@ fn print_letters(letters: &[DeadLetterView], more: bool) {
         );
     }
     if more {
-        println!("(more: narrow with --tenant, --kind, --since or raise --limit)");
+        println!(
+            "(more: narrow with --tenant, --kind, --since, --reason, --provider or raise --limit)"
+        );
     }
 }
 

@@ -79,7 +79,7 @@ pub struct Problem {
     /// `already_enrolled`, `no_provider`, `provider_in_use`,
     /// `challenge_closed`, `payload_too_large`, `validation_failed`,
     /// `rate_limited`, `unavailable`; on `/ops`: `unauthorized`, `forbidden`,
-    /// `not_found`, `dead_letter_not_found`.
+    /// `not_found`, `dead_letter_not_found`, `delivery_not_found`, `not_retrying`.
     code: String,
     /// With `validation_failed`: each field's problem.
     errors: Option<Vec<FieldError>>,

@@ -51,6 +51,12 @@ pub enum ApiError {
     /// 404: no unresolved dead letter with this id.
     #[error("{0}")]
     DeadLetterNotFound(String),
+    /// 404: no delivery with this id.
+    #[error("{0}")]
+    DeliveryNotFound(String),
+    /// 409: the delivery is not waiting for a retry (sent, dead, …).
+    #[error("{0}")]
+    NotRetrying(String),
     /// 404: no such tenant.
     #[error("no tenant with this id")]
     UnknownTenant,
@@ -136,6 +142,12 @@ impl ApiError {
                 "dead_letter_not_found",
                 "Dead letter not found",
             ),
+            Self::DeliveryNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                "delivery_not_found",
+                "Delivery not found",
+            ),
+            Self::NotRetrying(_) => (StatusCode::CONFLICT, "not_retrying", "Not retrying"),
             Self::UnknownTenant => (StatusCode::NOT_FOUND, "unknown_tenant", "Unknown tenant"),
             Self::ChallengeNotFound => (
                 StatusCode::NOT_FOUND,

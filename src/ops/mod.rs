@@ -3,15 +3,21 @@
 //! counts, the dead letters (listed newest first with masked recipients and
 //! an opaque cursor) and their resend and discard.
 
+mod detail;
 mod resend;
+mod retrying;
 
-pub use resend::{BulkAnswer, Refused, Resent, discard, resend, resend_matching};
+pub use detail::{AttemptView, DeliveryDetail, LetterView, ResendVerdict, delivery_detail};
+pub use resend::{
+    BulkAnswer, BulkDiscarded, Refused, Resent, discard, discard_matching, resend, resend_matching,
+};
+pub use retrying::{RetryingPage, RetryingView, SmtpServers, list_retrying, retry_now};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
-use email2fa_workers::dead_letters::{self, DeadLetter, DeadLetterFilter};
+use email2fa_workers::dead_letters::{self, DeadLetter, DeadLetterFilter, DeadLetterReason};
 use email2fa_workers::queue::QueueError;
 use email2fa_workers::stats::{self, QueueCounts};
 
@@ -35,6 +41,12 @@ pub enum OpsError {
     /// a newer send: a new code would be useless.
     #[error("{0}")]
     ChallengeClosed(String),
+    /// No delivery with this id.
+    #[error("no delivery {0:?}")]
+    DeliveryNotFound(String),
+    /// The delivery is not waiting for a retry.
+    #[error("{0}")]
+    NotRetrying(String),
     /// A filter or cursor is invalid.
     #[error("invalid parameters")]
     Invalid(Vec<FieldError>),
@@ -72,6 +84,9 @@ pub struct QueueEntry {
     pub dead: i64,
     /// Seconds the oldest pending delivery has been due; 0 when none is.
     pub oldest_pending_age_seconds: i64,
+    /// Seconds since the oldest email not sent yet (queued, sending or
+    /// retrying, due or in backoff) was created; 0 when none is.
+    pub oldest_unsent_age_seconds: i64,
 }
 
 /// `{"queues": [...]}`.
@@ -91,6 +106,7 @@ pub async fn queue_stats(store: &Store) -> Result<QueueStats, OpsError> {
         failed,
         dead,
         oldest_pending_age_seconds,
+        oldest_unsent_age_seconds,
     } = stats::queue_counts(store.db(), Timestamp::now()).await?;
     Ok(QueueStats {
         queues: vec![QueueEntry {
@@ -102,6 +118,7 @@ pub async fn queue_stats(store: &Store) -> Result<QueueStats, OpsError> {
             failed,
             dead,
             oldest_pending_age_seconds,
+            oldest_unsent_age_seconds,
         }],
     })
 }
@@ -161,6 +178,11 @@ pub struct DeadLetterPage {
     pub dead_letters: Vec<DeadLetterView>,
     /// Pass as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
+    /// How many unresolved letters match the filters (all pages).
+    pub matching: i64,
+    /// Of those, how many SMTP rejected for good (`reason` `rejected`): a
+    /// bulk resend leaves them out unless `include_permanent` is set.
+    pub matching_permanent: i64,
 }
 
 /// `j***@example.com`: the first letter, `***`, then `@domain`.
@@ -176,32 +198,68 @@ pub fn mask_recipient(address: &str) -> String {
     }
 }
 
+/// The filters an operator gives, as text (a query string, a JSON body,
+/// command-line flags): the same for the page, the API and `dlq`.
+#[derive(Debug, Clone, Default)]
+pub struct FilterInput {
+    /// Only this tenant's.
+    pub tenant: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only those dead at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// Only this reason.
+    pub reason: Option<String>,
+    /// Only this secondary auth provider's.
+    pub provider: Option<String>,
+}
+
 /// Builds a filter from operator input, naming each bad field.
 ///
 /// A tenant that is not a tenant id (a NUL byte, say, which PostgreSQL
-/// refuses in text) is refused naming `tenant_field`, not passed on.
+/// refuses in text) is refused naming `tenant_field`, not passed on. Empty
+/// values mean "any" (an empty form field).
 pub fn filter(
     tenant_field: &'static str,
-    tenant: Option<String>,
-    kind: Option<String>,
-    since: Option<&str>,
+    input: FilterInput,
 ) -> Result<DeadLetterFilter, OpsError> {
+    let given = |value: Option<String>| value.filter(|v| !v.is_empty());
+    let (tenant, kind, reason, provider) = (
+        given(input.tenant),
+        given(input.kind),
+        given(input.reason),
+        given(input.provider),
+    );
     let mut errors = Vec::new();
-    if let Some(tenant) = tenant.as_deref()
-        && !tenant.is_empty()
-        && !crate::http::is_valid_tenant_id(tenant)
+    if tenant
+        .as_deref()
+        .is_some_and(|t| !crate::http::is_valid_tenant_id(t))
     {
         errors.push(FieldError::new(
             tenant_field,
             "must be a tenant id: lowercase letters, digits and dashes",
         ));
     }
-    if let Some(kind) = &kind
-        && !KINDS.contains(&kind.as_str())
-    {
+    if kind.as_deref().is_some_and(|k| !KINDS.contains(&k)) {
         errors.push(FieldError::new("kind", format!("must be one of {KINDS:?}")));
     }
-    let since = since.and_then(|text| match parse_time(text) {
+    if reason
+        .as_deref()
+        .is_some_and(|r| DeadLetterReason::parse(r).is_none())
+    {
+        let names: Vec<&str> = DeadLetterReason::ALL.iter().map(|r| r.as_str()).collect();
+        errors.push(FieldError::new(
+            "reason",
+            format!("must be one of {names:?}"),
+        ));
+    }
+    if provider.as_deref().is_some_and(|p| !is_plausible_name(p)) {
+        errors.push(FieldError::new(
+            "provider",
+            "must be a secondary auth provider id (at most 128 characters, no control characters)",
+        ));
+    }
+    let since = given(input.since).and_then(|text| match parse_time(&text) {
         Some(at) => Some(at),
         None => {
             errors.push(FieldError::new(
@@ -215,11 +273,20 @@ pub fn filter(
         return Err(OpsError::Invalid(errors));
     }
     Ok(DeadLetterFilter {
-        tenant_id: tenant.filter(|t| !t.is_empty()),
+        tenant_id: tenant,
         kind,
         since,
+        reason,
+        provider,
+        except_reason: None,
         before: None,
     })
+}
+
+/// Whether `name` could be a provider id: 1–128 characters, none a
+/// control character (PostgreSQL refuses a NUL byte in text).
+pub fn is_plausible_name(name: &str) -> bool {
+    (1..=128).contains(&name.chars().count()) && !name.chars().any(char::is_control)
 }
 
 fn parse_time(text: &str) -> Option<Timestamp> {
@@ -235,12 +302,7 @@ pub async fn list(
     limit: i64,
     cursor: Option<&str>,
 ) -> Result<DeadLetterPage, OpsError> {
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(OpsError::Invalid(vec![FieldError::new(
-            "limit",
-            format!("must be between 1 and {MAX_LIMIT}"),
-        )]));
-    }
+    check_limit(limit)?;
     if let Some(cursor) = cursor.filter(|c| !c.is_empty()) {
         filter.before = Some(decode_cursor(cursor).ok_or_else(|| {
             OpsError::Invalid(vec![FieldError::new(
@@ -250,6 +312,7 @@ pub async fn list(
         })?);
     }
     let mut rows = dead_letters::list_unresolved(store.db(), &filter, limit + 1).await?;
+    let (matching, matching_permanent) = dead_letters::count_matching(store.db(), &filter).await?;
     let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     let next_cursor = more
@@ -261,7 +324,21 @@ pub async fn list(
     Ok(DeadLetterPage {
         dead_letters: rows.into_iter().map(DeadLetterView::from).collect(),
         next_cursor,
+        matching,
+        matching_permanent,
     })
+}
+
+/// Refuses a page size outside 1–[`MAX_LIMIT`].
+fn check_limit(limit: i64) -> Result<(), OpsError> {
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(())
+    } else {
+        Err(OpsError::Invalid(vec![FieldError::new(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        )]))
+    }
 }
 
 /// The cursor is the last row's `(dead_at, id)`, base64url: opaque to
@@ -326,26 +403,33 @@ mod tests {
 
     #[test]
     fn filters_name_each_bad_field() {
-        let Err(OpsError::Invalid(errors)) = filter(
-            "tenant",
-            Some("acme\0".into()),
-            Some("sms".into()),
-            Some("yesterday"),
-        ) else {
+        let bad = FilterInput {
+            tenant: Some("acme\0".into()),
+            kind: Some("sms".into()),
+            since: Some("yesterday".into()),
+            reason: Some("bounced".into()),
+            provider: Some("p\0".into()),
+        };
+        let Err(OpsError::Invalid(errors)) = filter("tenant", bad) else {
             panic!("refused");
         };
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["tenant", "kind", "since"]);
-        assert!(
-            filter(
-                "tenant",
-                Some("acme".into()),
-                None,
-                Some("2026-11-28T07:00:00Z")
-            )
-            .is_ok()
-        );
-        assert!(filter("tenant", Some(String::new()), None, None).is_ok());
+        assert_eq!(fields, ["tenant", "kind", "reason", "provider", "since"]);
+        let good = FilterInput {
+            tenant: Some("acme".into()),
+            since: Some("2026-11-28T07:00:00Z".into()),
+            reason: Some("rejected".into()),
+            provider: Some("sap-1".into()),
+            ..FilterInput::default()
+        };
+        assert!(filter("tenant", good).is_ok());
+        let empty = FilterInput {
+            tenant: Some(String::new()),
+            reason: Some(String::new()),
+            ..FilterInput::default()
+        };
+        let f = filter("tenant", empty).expect("empty is any");
+        assert!(f.tenant_id.is_none() && f.reason.is_none());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use serde::Serialize;
 
-use email2fa_workers::dead_letters::{self, DeadLetterFilter};
+use email2fa_workers::dead_letters::{self, DeadLetterFilter, DeadLetterReason};
 use email2fa_workers::deliveries::{Delivery, NewDelivery, insert_delivery, new_delivery_id};
 use email2fa_workers::queue::{EmailJob, Queue};
 
@@ -194,22 +194,37 @@ pub struct BulkAnswer {
     pub resent: Vec<Resent>,
     /// Left alone (e.g. their challenge closed meanwhile).
     pub refused: Vec<Refused>,
+    /// Matching letters SMTP rejected for good (`rejected`, a 5xx answer)
+    /// that were left out because `include_permanent` was not set: they
+    /// would come straight back.
+    pub left_out_permanent: i64,
 }
 
 /// Most letters one bulk resend looks at.
 const BULK_MAX: i64 = 10_000;
 
 /// Resends every unresolved letter matching `filter`, each in its own
-/// transaction; refusals are reported, not fatal. A database or queue outage
-/// stops the run with an error (what was resent stays resent, and running it
-/// again carries on).
+/// transaction; refusals are reported, not fatal. Letters SMTP rejected for
+/// good (`rejected`) are left out (and counted) unless `include_permanent`.
+/// A database or queue outage stops the run with an error (what was resent
+/// stays resent, and running it again carries on).
 pub async fn resend_matching(
     store: &Store,
     queue: &Queue,
     filter: &DeadLetterFilter,
+    include_permanent: bool,
 ) -> Result<BulkAnswer, OpsError> {
-    let letters = dead_letters::list_unresolved(store.db(), filter, BULK_MAX).await?;
+    let mut filter = filter.clone();
     let mut answer = BulkAnswer::default();
+    if !include_permanent {
+        let rejected = DeadLetterReason::Rejected.as_str();
+        answer.left_out_permanent = match filter.reason.as_deref() {
+            Some(reason) if reason != rejected => 0,
+            _ => dead_letters::count_matching(store.db(), &filter).await?.1,
+        };
+        filter.except_reason = Some(rejected.to_string());
+    }
+    let letters = dead_letters::list_unresolved(store.db(), &filter, BULK_MAX).await?;
     for letter in letters {
         match resend(store, queue, &letter.id).await {
             Ok(delivery_id) => answer.resent.push(Resent {
@@ -227,6 +242,32 @@ pub async fn resend_matching(
                     detail: error.to_string(),
                 });
             }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(answer)
+}
+
+/// The answer of a bulk discard.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct BulkDiscarded {
+    /// The letters discarded, newest first.
+    pub discarded: Vec<String>,
+}
+
+/// Discards every unresolved letter matching `filter` (at most 10,000 per
+/// call), each in its own transaction with its audit event; a letter
+/// resolved meanwhile by someone else is skipped.
+pub async fn discard_matching(
+    store: &Store,
+    filter: &DeadLetterFilter,
+) -> Result<BulkDiscarded, OpsError> {
+    let letters = dead_letters::list_unresolved(store.db(), filter, BULK_MAX).await?;
+    let mut answer = BulkDiscarded::default();
+    for letter in letters {
+        match discard(store, &letter.id).await {
+            Ok(()) => answer.discarded.push(letter.id),
+            Err(OpsError::NotFound(_)) => {}
             Err(error) => return Err(error),
         }
     }

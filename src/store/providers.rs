@@ -2,7 +2,7 @@
 //! the Services Manager. SMTP passwords are sealed; they leave this module
 //! only as "is one set" or, for the delivery engine, opened in memory.
 
-use email2fa_workers::with_tx;
+use email2fa_workers::{with_db, with_tx};
 
 use super::{Store, StoreError, StoreResult, Timestamp, Tx};
 
@@ -74,6 +74,22 @@ pub fn password_context(tenant_id: &str, provider_id: &str) -> String {
 }
 
 impl Store {
+    /// The SMTP server (`host:port`) a secondary auth provider sends
+    /// through, for the operator's views; `None` when either provider is
+    /// gone. Never its credentials.
+    pub async fn smtp_server_of(
+        &self,
+        tenant_id: &str,
+        secondary_auth_provider_id: &str,
+    ) -> StoreResult<Option<String>> {
+        let row: Option<(String, i32)> = with_db!(&self.db, pool => sqlx::query_as(
+            "select s.smtp_host, s.smtp_port from secondary_auth_providers a \
+             join service_providers s on s.tenant_id = a.tenant_id and s.id = a.service_provider_id \
+             where a.tenant_id = $1 and a.id = $2")
+            .bind(tenant_id).bind(secondary_auth_provider_id).fetch_optional(pool).await)?;
+        Ok(row.map(|(host, port)| format!("{host}:{port}")))
+    }
+
     /// One service provider.
     pub async fn service_provider_in(
         &self,

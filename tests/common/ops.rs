@@ -151,3 +151,16 @@ pub async fn resend_kind(app: &TestApp, kind: &str) -> Value {
     assert_eq!(bulk.status, 200, "{answer}");
     answer
 }
+
+/// The id of the dead letter of `delivery` in a `{"dead_letters": [...]}`
+/// answer (of the API or of `dlq list --json`).
+pub fn letter_of(page: &Value, delivery: &str) -> String {
+    page["dead_letters"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|l| l["delivery_id"] == delivery)
+        .and_then(|l| l["id"].as_str())
+        .expect("listed")
+        .to_string()
+}

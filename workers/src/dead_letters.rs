@@ -92,9 +92,25 @@ pub struct DeadLetterFilter {
     pub kind: Option<String>,
     /// Only those dead at or after this time.
     pub since: Option<Timestamp>,
+    /// Only this reason (a [`DeadLetterReason`] name).
+    pub reason: Option<String>,
+    /// Only those sent through this secondary auth provider.
+    pub provider: Option<String>,
+    /// Leave out this reason (a bulk resend leaves out `rejected`).
+    pub except_reason: Option<String>,
     /// Only those strictly older than this `(dead_at, id)` (a page cursor).
     pub before: Option<(Timestamp, String)>,
 }
+
+/// The conditions of a [`DeadLetterFilter`] on `dead_letters`, binds
+/// `$1`–`$6`. The provider is the delivery's, read by its primary key
+/// (letters are few; the hot table gets no index for this).
+const MATCHING: &str = "resolved_at is null \
+    and ($1 is null or tenant_id = $1) and ($2 is null or kind = $2) \
+    and ($3 is null or dead_at >= $3) and ($4 is null or reason = $4) \
+    and ($5 is null or reason <> $5) \
+    and ($6 is null or exists (select 1 from deliveries d \
+        where d.id = dead_letters.delivery_id and d.secondary_auth_provider_id = $6))";
 
 /// Unresolved letters matching `filter`, newest first (`dead_at`, then id).
 pub async fn list_unresolved(
@@ -103,17 +119,28 @@ pub async fn list_unresolved(
     limit: i64,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
     let sql = sqlx::AssertSqlSafe(format!(
-        "select {COLUMNS} from dead_letters \
-         where resolved_at is null \
-            and ($1 is null or tenant_id = $1) and ($2 is null or kind = $2) \
-            and ($3 is null or dead_at >= $3) \
-            and ($4 is null or dead_at < $4 or (dead_at = $4 and id < $5)) \
-         order by dead_at desc, id desc limit $6"
+        "select {COLUMNS} from dead_letters where {MATCHING} \
+            and ($7 is null or dead_at < $7 or (dead_at = $7 and id < $8)) \
+         order by dead_at desc, id desc limit $9"
     ));
     let (before_at, before_id) = filter.before.clone().unzip();
+    let f = filter;
     with_db!(db, pool => sqlx::query_as(sql)
-        .bind(&filter.tenant_id).bind(&filter.kind).bind(filter.since)
-        .bind(before_at).bind(before_id).bind(limit).fetch_all(pool).await)
+        .bind(&f.tenant_id).bind(&f.kind).bind(f.since).bind(&f.reason).bind(&f.except_reason)
+        .bind(&f.provider).bind(before_at).bind(before_id).bind(limit).fetch_all(pool).await)
+}
+
+/// How many unresolved letters match `filter` (its cursor ignored), and
+/// how many of those SMTP rejected for good (`rejected`).
+pub async fn count_matching(db: &Db, filter: &DeadLetterFilter) -> Result<(i64, i64), sqlx::Error> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "select count(*), coalesce(sum(case when reason = 'rejected' then 1 else 0 end), 0) \
+         from dead_letters where {MATCHING}"
+    ));
+    let f = filter;
+    with_db!(db, pool => sqlx::query_as(sql)
+        .bind(&f.tenant_id).bind(&f.kind).bind(f.since).bind(&f.reason).bind(&f.except_reason)
+        .bind(&f.provider).fetch_one(pool).await)
 }
 
 /// Marks an unresolved letter resolved (`resent` or `discarded`) and returns

@@ -458,6 +458,25 @@ pub async fn mark_dead(
     tx.commit().await
 }
 
+/// Writes one failed attempt to `delivery_attempts` (the detail view's
+/// history): its number, what happened (`transient`, `auth_failed`, or the
+/// dead letter reason) and the server's answer.
+pub async fn record_attempt(
+    db: &Db,
+    d: &Delivery,
+    result: &str,
+    answer: &str,
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    let id = ulid::Ulid::generate().to_string();
+    with_db!(db, pool => sqlx::query(
+        "insert into delivery_attempts (delivery_id, id, attempt, at, result, answer) \
+         values ($1, $2, $3, $4, $5, $6)")
+        .bind(&d.id).bind(&id).bind(d.attempts).bind(now).bind(result).bind(answer)
+        .execute(pool).await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
 /// Deliveries the queue seems to have lost: `queued`/`retrying` and due
 /// before `due_before` (a crash between commit and push), or `sending` with
 /// an expired lease (a worker killed mid-send).

@@ -505,6 +505,8 @@ impl<S: MessageSource> Engine<S> {
             return Ok(Outcome::Finished("expired"));
         }
         deliveries::mark_retrying(self.db(), &delivery.id, why, next, now, counted).await?;
+        let result = if counted { "transient" } else { "auth_failed" };
+        self.record_attempt(delivery, result, why, now).await;
         let job = EmailJob {
             delivery_id: delivery.id.clone(),
         };
@@ -527,9 +529,22 @@ impl<S: MessageSource> Engine<S> {
         reason: DeadLetterReason,
         why: &str,
     ) -> Result<Outcome, AttemptError> {
-        deliveries::mark_dead(self.db(), delivery, reason, why, Timestamp::now()).await?;
+        let now = Timestamp::now();
+        deliveries::mark_dead(self.db(), delivery, reason, why, now).await?;
+        crate::metrics::dead_letter(reason);
+        self.record_attempt(delivery, reason.as_str(), why, now)
+            .await;
         tracing::warn!(kind = %delivery.kind, attempts = delivery.attempts, reason = reason.as_str(), error = %replace_ignoring_case(why, &delivery.recipient, "<recipient>"), "email dead-lettered");
         Ok(Outcome::Dead)
+    }
+
+    /// Writes a failed attempt's history row. Only the operator's detail
+    /// view reads it, so a failure to write it is logged, not retried.
+    async fn record_attempt(&self, delivery: &Delivery, result: &str, why: &str, now: Timestamp) {
+        if let Err(error) = deliveries::record_attempt(self.db(), delivery, result, why, now).await
+        {
+            tracing::warn!(%error, "could not record the attempt's history");
+        }
     }
 
     /// Providers this process's workers currently see failing, and why.

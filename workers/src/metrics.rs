@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::db::Timestamp;
+use crate::dead_letters::DeadLetterReason;
 use crate::engine::Outcome;
 use crate::transport::SendError;
 
@@ -52,4 +53,21 @@ pub fn unhealthy_providers(count: usize) {
 pub fn claim_batch(jobs: usize, claimed: usize) {
     metrics::histogram!("email2fa_delivery_claim_batch_size").record(jobs as f64);
     metrics::counter!("email2fa_delivery_claims_total").increment(claimed as u64);
+}
+
+/// Counts a dead letter written (`email2fa_dead_letters_created_total`):
+/// a counter, so alerts see new letters with `increase()` even when
+/// operators resolve others in the same window (the unresolved gauge
+/// would hide them).
+pub fn dead_letter(reason: DeadLetterReason) {
+    metrics::counter!("email2fa_dead_letters_created_total", "reason" => reason.as_str())
+        .increment(1);
+}
+
+/// Registers the dead letter counter of every reason at 0.
+pub fn register_dead_letter_reasons() {
+    for reason in DeadLetterReason::ALL {
+        metrics::counter!("email2fa_dead_letters_created_total", "reason" => reason.as_str())
+            .increment(0);
+    }
 }

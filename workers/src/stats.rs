@@ -28,9 +28,14 @@ pub struct QueueCounts {
     pub dead: i64,
     /// Seconds the oldest pending delivery has been due; 0 when none is.
     pub oldest_pending_age_seconds: i64,
+    /// Seconds since the oldest email not sent yet was created: `queued`,
+    /// `sending` or `retrying`, due or in backoff; 0 when none is. Unlike
+    /// [`Self::oldest_pending_age_seconds`] it keeps growing while emails
+    /// wait out their backoff (an SMTP outage).
+    pub oldest_unsent_age_seconds: i64,
 }
 
-type CountsRow = (i64, i64, i64, i64, Option<Timestamp>);
+type CountsRow = (i64, i64, i64, i64, Option<Timestamp>, Option<Timestamp>);
 
 /// Reads the queue counts at `now`.
 pub async fn queue_counts(db: &Db, now: Timestamp) -> Result<QueueCounts, sqlx::Error> {
@@ -45,16 +50,18 @@ pub async fn queue_counts(db: &Db, now: Timestamp) -> Result<QueueCounts, sqlx::
             coalesce(sum(case when status = 'sending' then 1 else 0 end), 0), \
             coalesce(sum(case when status = 'retrying' then 1 else 0 end), 0), \
             min(case when status = 'queued' \
-                or (status = 'retrying' and next_attempt_at <= $1) then next_attempt_at end) \
+                or (status = 'retrying' and next_attempt_at <= $1) then next_attempt_at end), \
+            min(created_at) \
          from deliveries where status in ('queued', 'retrying', 'sending')")
         .bind(now).fetch_one(pool).await)?;
     let (done,): (i64,) = with_db!(db, pool => sqlx::query_as(
         "select count(*) from deliveries where status = 'sent'").fetch_one(pool).await)?;
     let dead = crate::dead_letters::count_unresolved(db).await?;
-    let (pending, scheduled, running, failed, oldest_due) = row;
-    let oldest_pending_age_seconds = oldest_due
-        .map(|due| (now.unix_seconds() - due.unix_seconds()).max(0))
-        .unwrap_or(0);
+    let (pending, scheduled, running, failed, oldest_due, oldest_created) = row;
+    let age =
+        |at: Option<Timestamp>| at.map_or(0, |at| (now.unix_seconds() - at.unix_seconds()).max(0));
+    let oldest_pending_age_seconds = age(oldest_due);
+    let oldest_unsent_age_seconds = age(oldest_created);
     Ok(QueueCounts {
         pending,
         scheduled,
@@ -63,6 +70,7 @@ pub async fn queue_counts(db: &Db, now: Timestamp) -> Result<QueueCounts, sqlx::
         failed,
         dead,
         oldest_pending_age_seconds,
+        oldest_unsent_age_seconds,
     })
 }
 
@@ -152,6 +160,9 @@ pub struct ProviderActivity {
     pub dead: i64,
     /// Its last accepted send in the window.
     pub last_sent_at: Option<Timestamp>,
+    /// When the oldest email that failed in the window (retrying or dead)
+    /// was queued: how long it has been failing, at least.
+    pub first_failed_at: Option<Timestamp>,
 }
 
 /// Per-provider activity of deliveries changed since `since`, the busiest
@@ -166,9 +177,27 @@ pub async fn provider_activity(
             coalesce(sum(case when status = 'sent' then 1 else 0 end), 0) as sent, \
             coalesce(sum(case when status = 'retrying' then 1 else 0 end), 0) as retrying, \
             coalesce(sum(case when status = 'dead' then 1 else 0 end), 0) as dead, \
-            max(sent_at) as last_sent_at \
+            max(sent_at) as last_sent_at, \
+            min(case when status in ('retrying', 'dead') then created_at end) as first_failed_at \
          from deliveries where updated_at >= $1 \
          group by tenant_id, secondary_auth_provider_id \
          order by 5 desc, 4 desc, 3 desc limit $2")
         .bind(since).bind(limit).fetch_all(pool).await)
+}
+
+/// The last failure of a provider's emails changed since `since`: the
+/// error and the recipient it concerned (to mask it). Read through
+/// `deliveries_by_update`, bounded by the window.
+pub async fn provider_last_error(
+    db: &Db,
+    tenant_id: &str,
+    provider: &str,
+    since: Timestamp,
+) -> Result<Option<(Option<String>, String)>, sqlx::Error> {
+    with_db!(db, pool => sqlx::query_as(
+        "select last_error, recipient from deliveries \
+         where updated_at >= $3 and tenant_id = $1 and secondary_auth_provider_id = $2 \
+            and status in ('retrying', 'dead') \
+         order by updated_at desc limit 1")
+        .bind(tenant_id).bind(provider).bind(since).fetch_optional(pool).await)
 }

@@ -7,13 +7,18 @@ use serde::{Deserialize, Serialize};
 
 use super::OpsAuth;
 use crate::http::{ApiError, AppState};
-use crate::ops::{self, BulkAnswer, DeadLetterPage, OpsError, QueueStats};
+use crate::ops::{
+    self, BulkAnswer, BulkDiscarded, DeadLetterPage, FilterInput, OpsError, QueueStats,
+};
+use email2fa_workers::dead_letters::DeadLetterFilter;
 
 impl From<OpsError> for ApiError {
     fn from(error: OpsError) -> Self {
         match error {
             OpsError::NotFound(_) => Self::DeadLetterNotFound(error.to_string()),
             OpsError::ChallengeClosed(detail) => Self::ChallengeClosed(detail),
+            OpsError::DeliveryNotFound(_) => Self::DeliveryNotFound(error.to_string()),
+            OpsError::NotRetrying(detail) => Self::NotRetrying(detail),
             OpsError::Invalid(errors) => Self::Validation(errors),
             OpsError::Store(error) => error.into(),
             OpsError::Queue(error) => Self::Unavailable(error.into()),
@@ -44,6 +49,11 @@ pub struct ListQuery {
     pub kind: Option<String>,
     /// Only letters dead at or after this RFC 3339 time.
     pub since: Option<String>,
+    /// Only this reason: `attempts_exhausted`, `rejected`, `tls_failed`,
+    /// `permanent` or `render`.
+    pub reason: Option<String>,
+    /// Only letters sent through this secondary auth provider.
+    pub provider: Option<String>,
     /// Page size, 1–500 (default 50).
     pub limit: Option<String>,
     /// `next_cursor` of the previous page.
@@ -56,19 +66,31 @@ pub struct ListQuery {
     responses(
         (status = 200, description = "A page; `next_cursor` is null on the last", body = DeadLetterPage),
         (status = 401, description = "`unauthorized`", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation_failed`: a bad `kind`, `since`, `limit` or `cursor`", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 422, description = "`validation_failed`: a bad `tenant`, `kind`, `since`, `reason`, `provider`, `limit` or `cursor`", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn dead_letters(
     _: OpsAuth,
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    let filter = ops::filter("tenant", query.tenant, query.kind, query.since.as_deref())?;
-    let limit = match query.limit.as_deref() {
-        None | Some("") => 50,
-        Some(text) => text.parse().unwrap_or(0),
+    let input = FilterInput {
+        tenant: query.tenant,
+        kind: query.kind,
+        since: query.since,
+        reason: query.reason,
+        provider: query.provider,
     };
+    let filter = ops::filter("tenant", input)?;
+    let limit = page_size(query.limit.as_deref());
     let page = ops::list(&state.store, filter, limit, query.cursor.as_deref()).await?;
     Ok(Json(page))
+}
+
+/// A `limit` parameter: 50 when absent, 0 (refused) when not a number.
+pub fn page_size(text: Option<&str>) -> i64 {
+    match text {
+        None | Some("") => 50,
+        Some(text) => text.parse().unwrap_or(0),
+    }
 }
 
 /// The answer of a resend.
@@ -97,7 +119,8 @@ pub async fn resend(
     Ok(Json(ResendAnswer { delivery_id }))
 }
 
-/// The body of a bulk resend; every field optional (`{}` resends all).
+/// The body of a bulk resend or discard; every field optional (`{}`
+/// matches every unresolved letter).
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkFilter {
@@ -107,6 +130,36 @@ pub struct BulkFilter {
     pub kind: Option<String>,
     /// Only letters dead at or after this RFC 3339 time.
     pub since: Option<String>,
+    /// Only this reason.
+    pub reason: Option<String>,
+    /// Only letters sent through this secondary auth provider.
+    pub provider: Option<String>,
+    /// Resend also letters SMTP rejected for good (`rejected`); without
+    /// it they are left out and counted in `left_out_permanent`. Ignored by
+    /// a discard.
+    #[serde(default)]
+    pub include_permanent: bool,
+}
+
+impl BulkFilter {
+    /// Reads the body (empty: match all) into a checked filter.
+    fn parse(body: &Bytes) -> Result<(DeadLetterFilter, bool), ApiError> {
+        let body: Self = if body.iter().all(u8::is_ascii_whitespace) {
+            Self::default()
+        } else {
+            let raw: Box<serde_json::value::RawValue> = serde_json::from_slice(body)
+                .map_err(|e| ApiError::MalformedPayload(format!("the body is not JSON: {e}")))?;
+            crate::events::parse_data(&raw).map_err(ApiError::Validation)?
+        };
+        let input = FilterInput {
+            tenant: body.tenant_id,
+            kind: body.kind,
+            since: body.since,
+            reason: body.reason,
+            provider: body.provider,
+        };
+        Ok((ops::filter("tenant_id", input)?, body.include_permanent))
+    }
 }
 
 /// Queues again every unresolved dead letter that matches.
@@ -122,22 +175,28 @@ pub async fn resend_bulk(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<BulkAnswer>, ApiError> {
-    let body: BulkFilter = if body.iter().all(u8::is_ascii_whitespace) {
-        BulkFilter::default()
-    } else {
-        let raw: Box<serde_json::value::RawValue> = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::MalformedPayload(format!("the body is not JSON: {e}")))?;
-        crate::events::parse_data(&raw).map_err(ApiError::Validation)?
-    };
-    let filter = ops::filter(
-        "tenant_id",
-        body.tenant_id,
-        body.kind,
-        body.since.as_deref(),
-    )?;
-    Ok(Json(
-        ops::resend_matching(&state.store, &state.queue, &filter).await?,
-    ))
+    let (filter, include_permanent) = BulkFilter::parse(&body)?;
+    let answer =
+        ops::resend_matching(&state.store, &state.queue, &filter, include_permanent).await?;
+    Ok(Json(answer))
+}
+
+/// Discards every unresolved dead letter that matches.
+#[utoipa::path(post, path = "/ops/dead-letters/discard", tag = "ops",
+    request_body(content = BulkFilter, content_type = "application/json"),
+    security(("ops_bearer" = []), ("ops_basic" = [])),
+    responses(
+        (status = 200, description = "The letters discarded", body = BulkDiscarded),
+        (status = 401, description = "`unauthorized`", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: a browser request from another site", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
+pub async fn discard_bulk(
+    _: OpsAuth,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<BulkDiscarded>, ApiError> {
+    let (filter, _) = BulkFilter::parse(&body)?;
+    Ok(Json(ops::discard_matching(&state.store, &filter).await?))
 }
 
 /// The answer of a discard.

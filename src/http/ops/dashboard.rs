@@ -7,10 +7,10 @@
 
 use std::sync::LazyLock;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::Html;
 use handlebars::Handlebars;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use email2fa_workers::dead_letters::DeadLetterReason;
 use email2fa_workers::health::{ProviderProblem, UnhealthyProvider};
@@ -18,13 +18,34 @@ use email2fa_workers::stats::{self, MinuteCounts, ProviderActivity};
 
 use super::OpsAuth;
 use crate::http::{ApiError, AppState};
-use crate::ops::{self, DeadLetterView, QueueEntry};
+use crate::ops::{self, DeadLetterView, FilterInput, QueueEntry, RetryingView};
 use crate::store::Timestamp;
 
 /// Minutes of throughput shown.
 const WINDOW_MINUTES: i64 = 15;
-/// Dead letters shown (the rest through the API or the CLI).
+/// Dead letters per page (older ones behind "Older", a keyset cursor).
 const DEAD_LETTERS_SHOWN: i64 = 100;
+/// Retrying emails shown, the next due first (all through the API).
+const RETRYING_SHOWN: i64 = 50;
+
+/// The page's query string: the dead letters' filters (kept in the URL so
+/// a view can be shared and reloaded) and the page cursor.
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DashboardQuery {
+    /// Only this tenant's dead letters and retrying emails.
+    pub tenant: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only dead letters dead at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// Only dead letters with this reason.
+    pub reason: Option<String>,
+    /// Only this secondary auth provider's.
+    pub provider: Option<String>,
+    /// The dead letters' page (`next_cursor` of the API).
+    pub cursor: Option<String>,
+}
 
 static TEMPLATES: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
     let mut registry = Handlebars::new();
@@ -60,7 +81,46 @@ struct Page {
     tls_failed: Vec<ProblemRow>,
     dead_letters: Vec<LetterRow>,
     shown: usize,
-    more_dead_letters: bool,
+    filters: Filters,
+    filtered: bool,
+    matching: i64,
+    matching_permanent: i64,
+    matching_resendable: i64,
+    older_href: Option<String>,
+    newest_href: Option<String>,
+    retrying: Vec<RetryRow>,
+    more_retrying: bool,
+    oldest_unsent: String,
+    oldest_unsent_class: &'static str,
+}
+
+/// The filter form's values and choices.
+#[derive(Debug, Default, Serialize)]
+struct Filters {
+    tenant: String,
+    kind: String,
+    since: String,
+    reason: String,
+    provider: String,
+    kinds: Vec<Choice>,
+    reasons: Vec<Choice>,
+}
+
+#[derive(Debug, Serialize)]
+struct Choice {
+    value: &'static str,
+    label: &'static str,
+    selected: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct RetryRow {
+    #[serde(flatten)]
+    email: RetryingView,
+    kind_label: &'static str,
+    next_in: String,
+    last_ago: String,
+    due: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,6 +136,10 @@ struct Bar {
 struct ProviderRow {
     tenant_id: String,
     provider: String,
+    smtp: String,
+    last_error: Option<String>,
+    failing_since: String,
+    failing_since_at: String,
     sent: i64,
     retrying: i64,
     dead: i64,
@@ -100,26 +164,30 @@ struct LetterRow {
     kind_label: &'static str,
     reason_label: &'static str,
     dead_ago: String,
+    permanent: bool,
 }
 
 /// The dashboard.
-#[utoipa::path(get, path = "/ops", tag = "ops", security(("ops_bearer" = []), ("ops_basic" = [])),
+#[utoipa::path(get, path = "/ops", tag = "ops", params(DashboardQuery),
+    security(("ops_bearer" = []), ("ops_basic" = [])),
     responses(
         (status = 200, description = "The HTML dashboard", content_type = "text/html"),
+        (status = 422, description = "`validation_failed`: a bad filter or cursor", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized` (a browser then asks for the token as password)", body = crate::http::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`: the ops API is off", body = crate::http::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn dashboard(
     _: OpsAuth,
     State(state): State<AppState>,
+    Query(query): Query<DashboardQuery>,
 ) -> Result<Html<String>, ApiError> {
-    let page = gather(&state).await?;
+    let page = gather(&state, query).await?;
     let html = TEMPLATES
         .render("dashboard", &page)
         .map_err(|e| ApiError::Internal(e.into()))?;
     Ok(Html(html))
 }
 
-async fn gather(state: &AppState) -> Result<Page, ApiError> {
+async fn gather(state: &AppState, query: DashboardQuery) -> Result<Page, ApiError> {
     let now = Timestamp::now();
     let db = state.store.db();
     let queue = ops::queue_stats(&state.store).await?.queues.remove(0);
@@ -127,11 +195,38 @@ async fn gather(state: &AppState) -> Result<Page, ApiError> {
         .await
         .map_err(store_error)?;
     let since = now.plus_seconds(-WINDOW_MINUTES * 60);
-    let activity = stats::provider_activity(db, since, 20)
+    let mut providers = Vec::new();
+    let mut servers = ops::SmtpServers::new(&state.store);
+    for activity in stats::provider_activity(db, since, 20)
         .await
-        .map_err(store_error)?;
-    let filter = ops::filter("tenant", None, None, None)?;
-    let letters = ops::list(&state.store, filter, DEAD_LETTERS_SHOWN, None).await?;
+        .map_err(store_error)?
+    {
+        let smtp = servers
+            .of(&activity.tenant_id, &activity.secondary_auth_provider_id)
+            .await?;
+        providers.push(provider_row(db, activity, smtp, since, now).await?);
+    }
+    let input = FilterInput {
+        tenant: query.tenant.clone(),
+        kind: query.kind.clone(),
+        since: query.since.clone(),
+        reason: query.reason.clone(),
+        provider: query.provider.clone(),
+    };
+    let filter = ops::filter("tenant", input)?;
+    let letters = ops::list(
+        &state.store,
+        filter,
+        DEAD_LETTERS_SHOWN,
+        query.cursor.as_deref(),
+    )
+    .await?;
+    let retry_filter = super::deliveries::retrying_filter(
+        query.tenant.clone(),
+        query.provider.clone(),
+        query.kind.clone(),
+    )?;
+    let retrying = ops::list_retrying(&state.store, retry_filter, RETRYING_SHOWN, None).await?;
     let unhealthy = state.ops.unhealthy_providers.as_ref().map(|probe| probe());
     let (credentials_rejected, tls_failed) = problem_rows(unhealthy.as_deref().unwrap_or_default());
     let (sent_total, dead_total) = minutes
@@ -145,6 +240,8 @@ async fn gather(state: &AppState) -> Result<Page, ApiError> {
         queue_backend: state.queue.backend_name(),
         oldest: duration_text(queue.oldest_pending_age_seconds),
         oldest_class: level(queue.oldest_pending_age_seconds, 30, 300),
+        oldest_unsent: duration_text(queue.oldest_unsent_age_seconds),
+        oldest_unsent_class: level(queue.oldest_unsent_age_seconds, 60, 180),
         dead_class: level(queue.dead, 1, 50),
         queue,
         bars: bars(&minutes),
@@ -161,18 +258,98 @@ async fn gather(state: &AppState) -> Result<Page, ApiError> {
                 "ok"
             }
         }),
-        providers: activity.into_iter().map(|a| provider_row(a, now)).collect(),
+        providers,
         health_known: unhealthy.is_some(),
         credentials_rejected,
         tls_failed,
-        more_dead_letters: letters.next_cursor.is_some(),
+        older_href: letters
+            .next_cursor
+            .as_deref()
+            .map(|cursor| page_href(&query, Some(cursor))),
+        newest_href: query
+            .cursor
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(|_| page_href(&query, None)),
         shown: letters.dead_letters.len(),
+        matching: letters.matching,
+        matching_permanent: letters.matching_permanent,
+        matching_resendable: letters.matching - letters.matching_permanent,
+        filtered: [
+            &query.tenant,
+            &query.kind,
+            &query.since,
+            &query.reason,
+            &query.provider,
+        ]
+        .iter()
+        .any(|v| v.as_deref().is_some_and(|v| !v.is_empty())),
+        filters: filters(&query),
         dead_letters: letters
             .dead_letters
             .into_iter()
             .map(|l| letter_row(l, now))
             .collect(),
+        more_retrying: retrying.next_cursor.is_some(),
+        retrying: retrying
+            .retrying
+            .into_iter()
+            .map(|r| retry_row(r, now))
+            .collect(),
     })
+}
+
+/// `/ops?…` with the same filters and another cursor.
+fn page_href(query: &DashboardQuery, cursor: Option<&str>) -> String {
+    let mut url = reqwest::Url::parse("http://ops.invalid/ops").expect("a constant URL parses");
+    let given = [
+        ("tenant", &query.tenant),
+        ("kind", &query.kind),
+        ("since", &query.since),
+        ("reason", &query.reason),
+        ("provider", &query.provider),
+    ];
+    {
+        let mut pairs = url.query_pairs_mut();
+        for (name, value) in given {
+            if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+                pairs.append_pair(name, value);
+            }
+        }
+        if let Some(cursor) = cursor {
+            pairs.append_pair("cursor", cursor);
+        }
+    }
+    format!("/ops?{}#dead-letters", url.query().unwrap_or_default())
+}
+
+fn filters(query: &DashboardQuery) -> Filters {
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let kind = text(&query.kind);
+    let reason = text(&query.reason);
+    Filters {
+        kinds: ops::KINDS
+            .iter()
+            .map(|&value| Choice {
+                value,
+                label: kind_label(value),
+                selected: value == kind,
+            })
+            .collect(),
+        reasons: DeadLetterReason::ALL
+            .iter()
+            .map(|r| Choice {
+                value: r.as_str(),
+                label: reason_label(r.as_str()),
+                selected: r.as_str() == reason,
+            })
+            .collect(),
+        tenant: text(&query.tenant),
+        since: text(&query.since),
+        provider: text(&query.provider),
+        kind,
+        reason,
+    }
 }
 
 fn store_error(error: sqlx::Error) -> ApiError {
@@ -210,15 +387,39 @@ fn bars(minutes: &[MinuteCounts]) -> Vec<Bar> {
         .collect()
 }
 
-fn provider_row(a: ProviderActivity, now: Timestamp) -> ProviderRow {
+async fn provider_row(
+    db: &email2fa_workers::db::Db,
+    a: ProviderActivity,
+    smtp: Option<String>,
+    since: Timestamp,
+    now: Timestamp,
+) -> Result<ProviderRow, ApiError> {
     let (status, status_label) = match (a.sent, a.retrying + a.dead) {
         (_, 0) => ("ok", "Healthy"),
         (0, _) => ("bad", "Failing"),
         _ => ("warn", "Degraded"),
     };
-    ProviderRow {
+    let last_error = if a.retrying + a.dead > 0 {
+        stats::provider_last_error(db, &a.tenant_id, &a.secondary_auth_provider_id, since)
+            .await
+            .map_err(store_error)?
+            .and_then(|(error, recipient)| {
+                let masked = ops::mask_recipient(&recipient);
+                error.map(|e| {
+                    email2fa_workers::dead_letters::replace_ignoring_case(&e, &recipient, &masked)
+                })
+            })
+    } else {
+        None
+    };
+    let failing = a.first_failed_at.filter(|_| status != "ok");
+    Ok(ProviderRow {
         last_sent: a.last_sent_at.map_or("–".into(), |t| ago(t, now)),
         last_sent_at: a.last_sent_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        failing_since: failing.map_or(String::new(), |t| ago(t, now)),
+        failing_since_at: failing.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        smtp: smtp.unwrap_or_else(|| "provider deleted".into()),
+        last_error,
         tenant_id: a.tenant_id,
         provider: a.secondary_auth_provider_id,
         sent: a.sent,
@@ -226,6 +427,45 @@ fn provider_row(a: ProviderActivity, now: Timestamp) -> ProviderRow {
         dead: a.dead,
         status,
         status_label,
+    })
+}
+
+fn retry_row(email: RetryingView, now: Timestamp) -> RetryRow {
+    let at = |text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| Timestamp::from(t.with_timezone(&chrono::Utc)))
+            .unwrap_or(now)
+    };
+    let next = at(&email.next_attempt_at);
+    let wait = next.unix_seconds() - now.unix_seconds();
+    RetryRow {
+        kind_label: kind_label(&email.kind),
+        next_in: if wait > 0 {
+            format!("in {}", duration_text(wait))
+        } else {
+            "due now".into()
+        },
+        due: wait <= 0,
+        last_ago: ago(at(&email.last_attempt_at), now),
+        email,
+    }
+}
+
+fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "enrollment_code" => "Enrollment code",
+        "login_code" => "Login code",
+        _ => "Factor removed",
+    }
+}
+
+fn reason_label(reason: &str) -> &'static str {
+    match DeadLetterReason::parse(reason) {
+        Some(DeadLetterReason::AttemptsExhausted) => "Retries exhausted",
+        Some(DeadLetterReason::Rejected) => "Rejected by SMTP",
+        Some(DeadLetterReason::TlsFailed) => "TLS failed",
+        Some(DeadLetterReason::Render) => "Could not render",
+        Some(DeadLetterReason::Permanent) | None => "Cannot be sent",
     }
 }
 
@@ -251,18 +491,9 @@ fn letter_row(letter: DeadLetterView, now: Timestamp) -> LetterRow {
         .map(|t| ago(Timestamp::from(t.with_timezone(&chrono::Utc)), now))
         .unwrap_or_default();
     LetterRow {
-        kind_label: match letter.kind.as_str() {
-            "enrollment_code" => "Enrollment code",
-            "login_code" => "Login code",
-            _ => "Factor removed",
-        },
-        reason_label: match DeadLetterReason::parse(&letter.reason) {
-            Some(DeadLetterReason::AttemptsExhausted) => "Retries exhausted",
-            Some(DeadLetterReason::Rejected) => "Rejected by SMTP",
-            Some(DeadLetterReason::TlsFailed) => "TLS failed",
-            Some(DeadLetterReason::Render) => "Could not render",
-            Some(DeadLetterReason::Permanent) | None => "Cannot be sent",
-        },
+        kind_label: kind_label(&letter.kind),
+        reason_label: reason_label(&letter.reason),
+        permanent: letter.reason == DeadLetterReason::Rejected.as_str(),
         dead_ago,
         letter,
     }
@@ -317,6 +548,20 @@ mod tests {
             dead_at: "2026-11-28T07:00:00Z".into(),
             reason: "attempts_exhausted".into(),
         };
+        let retrying = RetryingView {
+            delivery_id: "01R".into(),
+            tenant_id: "acme".into(),
+            kind: "login_code".into(),
+            recipient: "k***@example.com".into(),
+            attempts: 2,
+            max_attempts: 6,
+            last_error: Some("421 4.7.0 try again later".into()),
+            next_attempt_at: "2026-11-28T07:01:00Z".into(),
+            last_attempt_at: "2026-11-28T07:00:00Z".into(),
+            created_at: "2026-11-28T06:59:00Z".into(),
+            provider: "sap-1".into(),
+            smtp: Some("smtp.acme.example:587".into()),
+        };
         let now = Timestamp::now();
         let page = Page {
             generated_at: now.to_rfc3339(),
@@ -331,6 +576,7 @@ mod tests {
                 failed: 5,
                 dead: 1,
                 oldest_pending_age_seconds: 7,
+                oldest_unsent_age_seconds: 9,
             },
             oldest: duration_text(7),
             oldest_class: "ok",
@@ -355,10 +601,23 @@ mod tests {
             }],
             dead_letters: vec![letter_row(letter, now)],
             shown: 1,
-            more_dead_letters: false,
+            filters: filters(&DashboardQuery::default()),
+            filtered: false,
+            matching: 1,
+            matching_permanent: 0,
+            matching_resendable: 1,
+            older_href: Some("/ops?cursor=x#dead-letters".into()),
+            newest_href: None,
+            retrying: vec![retry_row(retrying, now)],
+            more_retrying: false,
+            oldest_unsent: duration_text(9),
+            oldest_unsent_class: "ok",
         };
         let html = TEMPLATES.render("dashboard", &page).expect("renders");
         assert!(html.contains("data-dead-letter=\"01J\""));
+        assert!(html.contains("data-retrying=\"01R\""));
+        assert!(html.contains("smtp.acme.example:587"));
+        assert!(html.contains("2/6"));
         assert!(html.contains("TLS failed"));
         assert!(html.contains("UnknownIssuer"));
     }

@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod dashboard;
+pub mod deliveries;
 
 use std::sync::Arc;
 
