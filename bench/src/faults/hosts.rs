@@ -78,7 +78,10 @@ impl Tally {
 /// Posts `requests` at `rate` per second over `connections` connections
 /// (connection k sends requests k, k+N, …), each retried until accepted or
 /// until `give_up` after its first try; `accepted` counts the accepted
-/// ones as they come.
+/// ones as they come. With `resign`, every try is signed again with the
+/// tenant's key at the time it is sent (same `webhook-id` and body), as a
+/// host's retry is: a run longer than the service's 5-minute timestamp
+/// tolerance needs it.
 pub async fn post_all(
     addr: SocketAddr,
     requests: Arc<Vec<Prepared>>,
@@ -86,18 +89,21 @@ pub async fn post_all(
     rate: f64,
     give_up: Duration,
     accepted: Arc<AtomicU64>,
+    resign: Option<Arc<Vec<u8>>>,
 ) -> Tally {
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(connections);
     for k in 0..connections {
         let requests = Arc::clone(&requests);
         let accepted = Arc::clone(&accepted);
+        let resign = resign.clone();
         tasks.push(tokio::spawn(async move {
             let mut host = Host {
                 addr,
                 conn: None,
                 tally: Tally::default(),
                 accepted,
+                resign,
             };
             for i in (k..requests.len()).step_by(connections) {
                 let intended = start + Duration::from_secs_f64(i as f64 / rate);
@@ -122,6 +128,8 @@ struct Host {
     conn: Option<Connection>,
     tally: Tally,
     accepted: Arc<AtomicU64>,
+    /// The tenant's key, when each try is signed afresh.
+    resign: Option<Arc<Vec<u8>>>,
 }
 
 impl Host {
@@ -129,6 +137,14 @@ impl Host {
     async fn deliver(&mut self, request: &Prepared, give_up: Duration) {
         let deadline = Instant::now() + give_up;
         loop {
+            let signed;
+            let request = match &self.resign {
+                Some(key) => {
+                    signed = signed_now(key, request);
+                    &signed
+                }
+                None => request,
+            };
             match self.try_once(request).await {
                 Some(answer) if (200..300).contains(&answer.status) => {
                     self.tally.replayed += u64::from(answer.replayed);
@@ -186,6 +202,16 @@ impl Host {
                 None
             }
         }
+    }
+}
+
+/// `request` signed with `key` at the current time.
+fn signed_now(key: &[u8], request: &Prepared) -> Prepared {
+    let now = chrono::Utc::now().timestamp();
+    Prepared {
+        timestamp: now.to_string(),
+        signature: email2fa::signature::sign(key, &request.id, now, &request.body),
+        ..request.clone()
     }
 }
 

@@ -154,6 +154,7 @@ async fn scenario(
         rate,
         GIVE_UP,
         Arc::clone(&accepted),
+        None,
     ));
     let injected = inject(fault, d, procs, servers, &load, &accepted, options).await;
     let tally = load.await.context("the hosts' task failed")?;

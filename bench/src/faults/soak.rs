@@ -148,6 +148,8 @@ pub async fn run(
     };
     let (first_half, second_half) = (half(0), half(1));
     let (first, rate) = (d.listen, options.rate / 2.0);
+    // Signed afresh at each try: the run outlasts the timestamp tolerance.
+    let key = Some(Arc::new(d.key.clone()));
     let load = tokio::spawn(async move {
         let accepted = Arc::new(AtomicU64::new(0));
         let (mut tally, other) = tokio::join!(
@@ -157,7 +159,8 @@ pub async fn run(
                 CONNECTIONS / 2,
                 rate,
                 GIVE_UP,
-                Arc::clone(&accepted)
+                Arc::clone(&accepted),
+                key.clone(),
             ),
             hosts::post_all(
                 second,
@@ -165,7 +168,8 @@ pub async fn run(
                 CONNECTIONS / 2,
                 rate,
                 GIVE_UP,
-                accepted
+                accepted,
+                key,
             ),
         );
         tally.merge(other);
