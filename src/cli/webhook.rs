@@ -33,6 +33,11 @@ pub enum WebhookCommand {
         /// so the body is the same each time).
         #[arg(long)]
         id: Option<String>,
+        /// Print only this field of the answer (e.g. challenge_id, or a
+        /// dotted path such as factor.id), for scripts: a string as it is,
+        /// anything else as JSON; a missing field is an error.
+        #[arg(long, value_name = "FIELD")]
+        get: Option<String>,
     },
 }
 
@@ -46,13 +51,14 @@ impl WebhookCommand {
             secret,
             url,
             id,
+            get,
         } = self;
         let data: serde_json::Value =
             serde_json::from_str(&read_data(&data)?).context("the data is not valid JSON")?;
         let secret = match secret {
             Some(secret) => secret,
             None => {
-                let store = crate::app::open_store(settings).await?;
+                let store = crate::app::open_existing_store(settings).await?;
                 store.newest_secret(&tenant).await?.with_context(|| {
                     format!(
                         "no valid secret for tenant {tenant:?} in {}; pass --secret",
@@ -95,19 +101,49 @@ impl WebhookCommand {
         let status = response.status();
         let replayed = response.headers().contains_key("idempotent-replayed");
         let text = response.text().await?;
-        let pretty = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|json| serde_json::to_string_pretty(&json).ok())
-            .unwrap_or(text);
+        let json = serde_json::from_str::<serde_json::Value>(&text).ok();
         eprintln!(
             "POST {endpoint} webhook-id={id} -> {status}{}",
             if replayed { " (idempotent replay)" } else { "" }
         );
-        println!("{pretty}");
+        let pretty = json
+            .as_ref()
+            .and_then(|json| serde_json::to_string_pretty(json).ok())
+            .unwrap_or_else(|| text.clone());
         if !status.is_success() {
+            // With --get the answer is not what a script asked for.
+            if get.is_some() {
+                eprintln!("{pretty}");
+            } else {
+                println!("{pretty}");
+            }
             bail!("the service answered {status}");
         }
+        match get {
+            Some(path) => println!("{}", field(json.as_ref(), &path)?),
+            None => println!("{pretty}"),
+        }
         Ok(())
+    }
+}
+
+/// One field of the answer, by a dotted path: a string as it is, anything
+/// else as compact JSON.
+fn field(answer: Option<&serde_json::Value>, path: &str) -> anyhow::Result<String> {
+    let mut found = answer;
+    for key in path.split('.') {
+        found = found.and_then(|value| value.get(key));
+    }
+    match found {
+        Some(serde_json::Value::String(text)) => Ok(text.clone()),
+        Some(value) if !value.is_null() => Ok(value.to_string()),
+        _ => {
+            let fields = answer
+                .and_then(serde_json::Value::as_object)
+                .map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            bail!("the answer has no field {path:?} (its fields: {fields})")
+        }
     }
 }
 
