@@ -764,13 +764,20 @@ fn webhook_send_get_prints_one_field_and_the_email_is_named_after_its_delivery()
         "{email}"
     );
 
-    let decision = ok(send(&[
+    let login = send(&[
         "login.started",
         r#"{"user": {"id": "u2", "role": "customer"}}"#,
         "--get",
         "decision",
-    ]));
-    assert_eq!(decision, "allow");
+        "--get",
+        "reason",
+    ]);
+    assert!(
+        stderr(&login).contains(r#""decision": "allow""#),
+        "the whole answer on stderr: {}",
+        stderr(&login)
+    );
+    assert_eq!(ok(login), "allow\nnot_enrolled", "one line per field");
     let missing = send(&["settings.updated", "{}", "--get", "challenge_id"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(stdout(&missing).is_empty());

@@ -33,11 +33,13 @@ pub enum WebhookCommand {
         /// so the body is the same each time).
         #[arg(long)]
         id: Option<String>,
-        /// Print only this field of the answer (e.g. challenge_id, or a
-        /// dotted path such as factor.id), for scripts: a string as it is,
-        /// anything else as JSON; a missing field is an error.
+        /// Print only this field of the answer on standard output (e.g.
+        /// challenge_id, or a dotted path such as factor.id), for scripts:
+        /// a string as it is, anything else as JSON; a missing field is an
+        /// error. Repeat it for several fields, one line each. The whole
+        /// answer then goes to standard error.
         #[arg(long, value_name = "FIELD")]
-        get: Option<String>,
+        get: Vec<String>,
     },
 }
 
@@ -101,30 +103,39 @@ impl WebhookCommand {
         let status = response.status();
         let replayed = response.headers().contains_key("idempotent-replayed");
         let text = response.text().await?;
-        let json = serde_json::from_str::<serde_json::Value>(&text).ok();
         eprintln!(
             "POST {endpoint} webhook-id={id} -> {status}{}",
             if replayed { " (idempotent replay)" } else { "" }
         );
-        let pretty = json
-            .as_ref()
-            .and_then(|json| serde_json::to_string_pretty(json).ok())
-            .unwrap_or_else(|| text.clone());
-        if !status.is_success() {
-            // With --get the answer is not what a script asked for.
-            if get.is_some() {
-                eprintln!("{pretty}");
-            } else {
-                println!("{pretty}");
-            }
-            bail!("the service answered {status}");
-        }
-        match get {
-            Some(path) => println!("{}", field(json.as_ref(), &path)?),
-            None => println!("{pretty}"),
-        }
-        Ok(())
+        report(status, &text, &get)
     }
+}
+
+/// Prints the answer, or with `--get` the fields a script reads (one line
+/// each) and the answer on standard error; fails on a non-2xx answer or a
+/// missing field, printing no field then.
+fn report(status: reqwest::StatusCode, text: &str, get: &[String]) -> anyhow::Result<()> {
+    let json = serde_json::from_str::<serde_json::Value>(text).ok();
+    let pretty = json
+        .as_ref()
+        .and_then(|json| serde_json::to_string_pretty(json).ok())
+        .unwrap_or_else(|| text.to_string());
+    if get.is_empty() {
+        println!("{pretty}");
+    } else {
+        eprintln!("{pretty}");
+    }
+    if !status.is_success() {
+        bail!("the service answered {status}");
+    }
+    let fields = get
+        .iter()
+        .map(|path| field(json.as_ref(), path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for value in fields {
+        println!("{value}");
+    }
+    Ok(())
 }
 
 /// One field of the answer, by a dotted path: a string as it is, anything
