@@ -3,8 +3,8 @@
 //! (`tests/browser/demo.mjs`) walks the help article end to end against
 //! the real binary started in an empty folder: Services Manager,
 //! enrollment with a code from the Mailbox, a login with a code, "Send New
-//! Code", "Trust this device", a trusted login, "Delete", and an admin
-//! required to add a factor. Screenshots of each screen land in
+//! Code", "Trust this device", a trusted login, "Delete", an admin
+//! required to add a factor, a locked challenge and too many codes. Screenshots of each screen land in
 //! `target/tmp/demo-screens/`; with `EMAIL2FA_UPDATE_SCREENSHOTS=1` the
 //! README's ones in `docs/screenshots/` are replaced by them.
 //!
@@ -203,6 +203,14 @@ fn the_help_article_works_end_to_end_in_the_demo_shop_in_chromium() {
     );
     says(&seen, "admin_enrolled", "admin@shop.example");
     assert_eq!(seen["admin_lands_on"], "Services Manager", "{seen:#}");
+    // Refusals: a locked challenge, then too many codes (429 Retry-After).
+    says(&seen, "locked", "Too many wrong codes");
+    assert_eq!(seen["locked_back_to"], "/login", "{seen:#}");
+    says(
+        &seen,
+        "too_many_codes",
+        "Too many codes were sent. Please wait",
+    );
 
     for name in README_SCREENS {
         let png = std::fs::read(shots.join(format!("{name}.png"))).expect("a screenshot");
@@ -213,7 +221,11 @@ fn the_help_article_works_end_to_end_in_the_demo_shop_in_chromium() {
             std::fs::write(docs.join(format!("{name}.png")), png).expect("copy");
         }
     }
-    eprintln!("screenshots: {}", shots.display());
+    eprintln!(
+        "screenshots: {}; the trusted login came {} ms after the browser opened the shop",
+        shots.display(),
+        seen["trusted_login_after_ms"]
+    );
 
     let status = demo.stop();
     assert!(status.success(), "SIGTERM stops the demo with 0: {status}");

@@ -21,6 +21,7 @@ if (!url || !shots) {
 }
 
 const seen = {};
+const started = Date.now();
 const profile = mkdtempSync(join(tmpdir(), 'email2fa-demo-chromium-'));
 const context = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -178,6 +179,7 @@ try {
   const before = await mailCount('jane@example.com');
   await signIn('jane');
   seen.trusted_login = await notice();
+  seen.trusted_login_after_ms = Date.now() - started;
   seen.mails_during_trusted_login = (await mailCount('jane@example.com')) - before;
   await shot('09-trusted-login');
 
@@ -212,6 +214,25 @@ try {
   seen.admin_enrolled = await notice();
   seen.admin_lands_on = await heading();
   await shot('13-admin-console');
+  await signOut();
+
+  // 7. Refusals as the user reads them: five wrong codes lock the
+  // challenge; then too many codes for one user in 15 minutes.
+  await signIn('admin');
+  for (let i = 0; i < 5; i++) {
+    await page.fill('#code', '000000');
+    await page.click('#verify');
+    await page.waitForLoadState('load');
+  }
+  seen.locked = await notice();
+  seen.locked_back_to = new URL(page.url()).pathname;
+  await shot('14-locked');
+  for (let i = 0; i < 6; i++) {
+    await signIn('admin');
+    if (new URL(page.url()).pathname === '/login') break;
+  }
+  seen.too_many_codes = await notice();
+  await shot('15-too-many-codes');
 
   console.log(JSON.stringify(seen));
 } catch (error) {

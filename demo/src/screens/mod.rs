@@ -38,9 +38,12 @@ pub fn when(time: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-/// "in 12 s" for a wait.
+/// A wait as people read it: "12 s", or past two minutes "15 minutes".
 pub fn seconds(seconds: i64) -> String {
-    format!("{} s", seconds.max(1))
+    match seconds.max(1) {
+        short @ ..120 => format!("{short} s"),
+        long => format!("{} minutes", (long + 59) / 60),
+    }
 }
 
 /// The seconds until `time`.
@@ -202,6 +205,7 @@ mod tests {
             .text
         };
         assert!(refused(429, "rate_limited", Some(42)).contains("Please wait 42 s"));
+        assert!(refused(429, "rate_limited", Some(898)).contains("Please wait 15 minutes"));
         assert!(refused(403, "not_allowed", None).contains("Inactive for your account type"));
         assert!(refused(409, "no_provider", None).contains("Services Manager"));
         assert!(refused(409, "already_enrolled", None).contains("already has"));
