@@ -98,9 +98,13 @@ pub async fn password(
             Redirect::to("/login/code").into_response()
         }
         // An admin without a factor while 2FA is required: add one first.
-        _ => {
+        "enroll_required" => {
             sign_in(&app, &session, user, true);
             redirect_with(&app, &session, MUST_ADD, Notice::error(MUST_ADD_TEXT))
+        }
+        other => {
+            let notice = Notice::error(format!("Unexpected answer from email2fa: {other:?}"));
+            redirect_with(&app, &session, "/login", notice)
         }
     }
 }
@@ -121,7 +125,8 @@ pub fn landing(user: &User) -> &'static str {
 }
 
 /// Marks the session signed in (`must_enroll`: only the Secondary
-/// Authentication page is open until a factor is added).
+/// Authentication page is open until a factor is added). A production
+/// host would also give the browser a new session id here.
 pub fn sign_in(app: &App, session: &SessionId, user: &User, must_enroll: bool) {
     app.shop.update(&session.0, |s| {
         s.user_id = Some(user.id.into());
