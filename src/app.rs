@@ -61,6 +61,43 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Opens a database that must already exist, for the commands that only
+/// read or change existing rows (`webhook send`, `tenant list`, `queue
+/// stats`, `dlq …`): run in the wrong directory, they would otherwise
+/// create an empty embedded database and a new master key there, and then
+/// fail for want of a tenant.
+pub async fn open_existing_store(settings: &Settings) -> anyhow::Result<Store> {
+    if let Some(path) = settings.database_url.sqlite_path() {
+        let key = settings.data_dir.join("master.key");
+        let missing = if !path.exists() {
+            Some(format!("no database at {}", shown(&path)))
+        } else if settings.master_key.is_none() && !key.exists() {
+            Some(format!(
+                "the database {} is there but its master key {} is not",
+                shown(&path),
+                shown(&key)
+            ))
+        } else {
+            None
+        };
+        if let Some(missing) = missing {
+            anyhow::bail!(
+                "{missing} (EMAIL2FA_DATABASE_URL is {}). Run this command from the directory `email2fa serve` runs in, or set EMAIL2FA_DATABASE_URL (and EMAIL2FA_DATA_DIR, which holds master.key) to the service's",
+                settings.database_url
+            );
+        }
+    }
+    open_store(settings).await
+}
+
+/// A path as the user should read it: absolute, from the working directory.
+fn shown(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// On an empty embedded database, creates tenant `default` and returns its
 /// secret (printed once by the caller).
 pub async fn ensure_default_tenant(

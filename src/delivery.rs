@@ -95,11 +95,14 @@ impl ServiceSource {
         now: Timestamp,
     ) -> Result<(Prepared, Option<Minted>), PrepareError> {
         let (provider, from) = provider_from(&self.store, send)?;
+        // The shop's name: the provider's `from_name`, else the tenant's
+        // name, in the sender's display name as in the template.
         let product_name = from
             .name
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| send.tenant_name.clone());
+        let from = Mailbox::new(Some(product_name.clone()), from.email);
         let code_email = d.kind != "factor_removed";
         let mut context = TemplateContext {
             product_name,

@@ -486,6 +486,15 @@ impl DatabaseUrl {
         self.0.starts_with("sqlite:")
     }
 
+    /// The file of an `sqlite:` URL (`sqlite://data/email2fa.db` →
+    /// `data/email2fa.db`); `None` for other schemes and in-memory databases.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let rest = self.0.strip_prefix("sqlite:")?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let path = rest.split('?').next().unwrap_or_default();
+        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+    }
+
     /// `postgres://` or `postgresql://` scheme.
     pub fn is_postgres(&self) -> bool {
         self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
@@ -546,6 +555,22 @@ impl fmt::Display for DatabaseUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_sqlite_url_names_its_file() {
+        let path = |url: &str| DatabaseUrl::from(url).sqlite_path();
+        assert_eq!(
+            path("sqlite://data/email2fa.db"),
+            Some("data/email2fa.db".into())
+        );
+        assert_eq!(
+            path("sqlite:///tmp/x.db?mode=rwc"),
+            Some("/tmp/x.db".into())
+        );
+        assert_eq!(path("sqlite:shop.db"), Some("shop.db".into()));
+        assert_eq!(path("sqlite::memory:"), None);
+        assert_eq!(path("postgres://localhost/x"), None);
+    }
 
     #[test]
     fn database_urls_print_without_their_password() {

@@ -51,7 +51,7 @@ impl SignatureError {
         match self {
             Self::BadHeader(_) => "bad_header",
             Self::NoMatch => "no_match",
-            Self::OutOfTolerance { .. } => "timestamp",
+            Self::OutOfTolerance { .. } => "out_of_tolerance",
         }
     }
 }

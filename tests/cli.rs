@@ -635,3 +635,168 @@ fn a_ca_file_that_cannot_be_used_stops_start_up_naming_it() {
         );
     }
 }
+
+/// A command that only reads or changes what exists, run where no service
+/// ever ran, says which database it looked for and how to point at the
+/// right one, and leaves no database or master key behind.
+#[test]
+fn commands_that_need_an_existing_database_never_create_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let commands: [&[&str]; 6] = [
+        &["webhook", "send", "settings.updated", "{}"],
+        &["tenant", "list"],
+        &["tenant", "rename", "default", "Acme"],
+        &["tenant", "rotate-secret", "default"],
+        &["queue", "stats"],
+        &["dlq", "list"],
+    ];
+    for args in commands {
+        let output = run(dir.path(), &[], args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let message = stderr(&output);
+        let expected = dir.path().join("data/email2fa.db");
+        assert!(
+            message.contains(&format!("no database at {}", expected.display())),
+            "{args:?}: {message}"
+        );
+        assert!(
+            message.contains("EMAIL2FA_DATABASE_URL"),
+            "{args:?}: {message}"
+        );
+    }
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+
+    // A database without its master key is not given a new one (that key
+    // could open none of its secrets).
+    assert!(run(dir.path(), &[], &["migrate"]).status.success());
+    std::fs::remove_file(dir.path().join("data/master.key")).expect("rm");
+    let output = run(dir.path(), &[], &["tenant", "list"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("master key"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!dir.path().join("data/master.key").exists());
+}
+
+#[test]
+fn tenant_rename_changes_the_name_with_the_same_rules_as_create() {
+    let dir = tempfile::tempdir().expect("dir");
+    let created = run(dir.path(), &[], &["tenant", "create", "acme-shop"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let renamed = run(
+        dir.path(),
+        &[],
+        &["tenant", "rename", "acme-shop", "Acme Outdoor Shop"],
+    );
+    assert!(renamed.status.success(), "{}", stderr(&renamed));
+    assert!(stdout(&run(dir.path(), &[], &["tenant", "list"])).contains("Acme Outdoor Shop"));
+
+    for name in ["Acme\nBcc: x@evil.test", "", &"x".repeat(101)] {
+        let refused = run(dir.path(), &[], &["tenant", "rename", "acme-shop", name]);
+        assert_eq!(refused.status.code(), Some(2), "{name:?}");
+        assert!(stderr(&refused).contains("NAME"), "{}", stderr(&refused));
+    }
+    let unknown = run(dir.path(), &[], &["tenant", "rename", "nobody", "Nobody"]);
+    assert!(!unknown.status.success());
+    assert!(stderr(&unknown).contains("no tenant \"nobody\""));
+}
+
+/// The Quick start without copying: `--get` prints one field for a
+/// script, the file transport names each email after its delivery id, and
+/// the sender name is the tenant's name when the provider has no
+/// `from_name` (after a rename, the new one).
+#[test]
+fn webhook_send_get_prints_one_field_and_the_email_is_named_after_its_delivery() {
+    let dir = tempfile::tempdir().expect("dir");
+    let env = [("EMAIL2FA_MAIL_TRANSPORT", "file")];
+    let service = Service::start(dir.path(), &env);
+    let send = |args: &[&str]| {
+        let mut all = vec!["webhook", "send", "--url", &service.base];
+        all.extend_from_slice(args);
+        run(dir.path(), &env, &all)
+    };
+    let ok = |output: std::process::Output| {
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output).trim_end().to_string()
+    };
+    ok(send(&[
+        "settings.updated",
+        r#"{"customer_2fa_allowed": true}"#,
+    ]));
+    ok(send(&[
+        "service_provider.upserted",
+        r#"{"id": "mail", "title": "Mail", "kind": "smtp", "smtp": {"host": "localhost", "port": 25, "security": "none", "from_address": "shop@example.com"}}"#,
+    ]));
+    ok(send(&[
+        "secondary_auth_provider.upserted",
+        r#"{"id": "codes", "title": "Codes", "service_provider_id": "mail"}"#,
+    ]));
+    ok(run(
+        dir.path(),
+        &env,
+        &["tenant", "rename", "default", "Acme Outdoor"],
+    ));
+    let delivery = ok(send(&[
+        "enrollment.started",
+        r#"{"user": {"id": "u1", "role": "customer"}, "email": "jane@example.com"}"#,
+        "--get",
+        "delivery_id",
+    ]));
+    assert!(
+        !delivery.contains('"') && !delivery.contains('\n'),
+        "{delivery}"
+    );
+    let file = dir.path().join(format!("data/outbox/{delivery}.eml"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {}",
+            file.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let email = std::fs::read_to_string(&file).expect("eml");
+    assert!(
+        email.contains("is your Acme Outdoor verification code"),
+        "{email}"
+    );
+
+    let login = send(&[
+        "login.started",
+        r#"{"user": {"id": "u2", "role": "customer"}}"#,
+        "--get",
+        "decision",
+        "--get",
+        "reason",
+    ]);
+    assert!(
+        stderr(&login).contains(r#""decision": "allow""#),
+        "the whole answer on stderr: {}",
+        stderr(&login)
+    );
+    assert_eq!(ok(login), "allow\nnot_enrolled", "one line per field");
+    let missing = send(&["settings.updated", "{}", "--get", "challenge_id"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stdout(&missing).is_empty());
+    assert!(
+        stderr(&missing).contains("the answer has no field \"challenge_id\""),
+        "{}",
+        stderr(&missing)
+    );
+    let refused = send(&[
+        "settings.updated",
+        r#"{"code_length": 99}"#,
+        "--get",
+        "code_length",
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stdout(&refused).is_empty(),
+        "a script reads nothing on a failure"
+    );
+    assert!(stderr(&refused).contains("validation_failed"));
+    drop(service);
+}

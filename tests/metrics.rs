@@ -71,6 +71,21 @@ async fn metrics_parse_as_prometheus_text_and_count_the_traffic() {
         )
         .await;
     assert_eq!(forged.status, 401);
+    // Correctly signed an hour ago: refused as out of tolerance.
+    let stale = chrono::Utc::now().timestamp() - 3600;
+    let body = br#"{"type":"settings.updated","data":{}}"#.to_vec();
+    let late = app
+        .post_raw(
+            common::TENANT,
+            &[
+                ("webhook-id", "msg_late".into()),
+                ("webhook-timestamp", stale.to_string()),
+                ("webhook-signature", app.signature("msg_late", stale, &body)),
+            ],
+            body,
+        )
+        .await;
+    assert_eq!(late.status, 401);
     tokio::time::sleep(email2fa::metrics::REFRESH_INTERVAL + Duration::from_secs(1)).await;
     let after = scrape(&app).await;
     let grew = |name: &str, labels: &[(&str, &str)], by: f64| {
@@ -98,6 +113,11 @@ async fn metrics_parse_as_prometheus_text_and_count_the_traffic() {
     grew(
         "email2fa_webhook_signature_failures_total",
         &[("reason", "no_match")],
+        1.0,
+    );
+    grew(
+        "email2fa_webhook_signature_failures_total",
+        &[("reason", "out_of_tolerance")],
         1.0,
     );
     grew(

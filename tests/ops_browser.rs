@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::TestApp;
@@ -20,24 +20,6 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "ops-token-for-the-browser-test-42";
-
-/// Why the browser test cannot run here, if it cannot.
-fn missing_tools(browser_dir: &Path) -> Option<String> {
-    let node = Command::new("node").arg("--version").output();
-    if !node.is_ok_and(|o| o.status.success()) {
-        return Some("node is not installed".into());
-    }
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).exists() {
-        return Some(format!(
-            "{chromium} is missing (apt-get install -y chromium)"
-        ));
-    }
-    if !browser_dir.join("node_modules/playwright-core").exists() {
-        return Some("playwright-core is missing (run npm ci in tests/browser)".into());
-    }
-    None
-}
 
 async fn enroll_start(app: &TestApp, user: &str) -> String {
     let started = app
@@ -64,15 +46,9 @@ async fn through_fault(app: &TestApp, user: &str, fault: Fault, want: &str) -> S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_works_the_dashboard_on_a_phone_and_a_laptop_in_chromium() {
-    let browser_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    if let Some(why) = missing_tools(&browser_dir) {
-        assert!(
-            std::env::var("EMAIL2FA_TEST_BROWSER").as_deref() != Ok("1"),
-            "EMAIL2FA_TEST_BROWSER=1 but {why}"
-        );
-        eprintln!("skipped: {why}, so the dashboard was not tested in a browser");
+    let Some(browser_dir) = common::browser::browser_dir_or_skip("the dashboard") else {
         return;
-    }
+    };
     // Two attempts a minute apart: a failed email stays retrying.
     let app = TestApp::sqlite_with(|s| {
         s.ops_token = Some(SecretString::from(TOKEN));

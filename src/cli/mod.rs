@@ -1,5 +1,6 @@
 //! The command line: `serve` (the default), `migrate`, `tenant …`,
-//! `webhook send`, and the operator's `queue stats` and `dlq …`. Every command reads the same settings, so a command run
+//! `webhook send`, the operator's `queue stats` and `dlq …`, and `demo`
+//! (the reference host platform). Every command reads the same settings, so a command run
 //! with the same `EMAIL2FA_DATABASE_URL` as `serve` acts on the same data.
 
 mod ops;
@@ -47,6 +48,16 @@ pub enum Command {
     /// Dead letters: list, resend, discard.
     #[command(subcommand)]
     Dlq(ops::DlqCommand),
+    /// A demo web shop that uses email2fa as a host platform does (signed
+    /// webhooks), with email2fa started beside it and a Mailbox page.
+    Demo {
+        /// The shop's address.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        /// The shop's configuration, email2fa's database and the emails.
+        #[arg(long, default_value = "demo-data")]
+        data_dir: PathBuf,
+    },
 }
 
 impl Cli {
@@ -71,6 +82,16 @@ impl Cli {
             Command::Webhook(command) => command.run(&settings).await,
             Command::Queue(command) => command.run(&settings).await,
             Command::Dlq(command) => command.run(&settings).await,
+            Command::Demo { listen, data_dir } => {
+                let binary = std::env::current_exe()
+                    .map_err(|e| anyhow::anyhow!("cannot find the email2fa binary: {e}"))?;
+                email2fa_demo::run(email2fa_demo::DemoConfig {
+                    listen,
+                    data_dir,
+                    binary,
+                })
+                .await
+            }
         }
     }
 }

@@ -99,7 +99,7 @@ pub enum DlqCommand {
 impl QueueCommand {
     /// Runs the command.
     pub async fn run(self, settings: &Settings) -> anyhow::Result<()> {
-        let store = crate::app::open_store(settings).await?;
+        let store = crate::app::open_existing_store(settings).await?;
         let Self::Stats { json } = self;
         let stats = ops::queue_stats(&store).await.map_err(explain)?;
         if json {
@@ -143,7 +143,7 @@ fn print_stats(stats: &QueueStats) {
 impl DlqCommand {
     /// Runs the command.
     pub async fn run(self, settings: &Settings) -> anyhow::Result<()> {
-        let store = crate::app::open_store(settings).await?;
+        let store = crate::app::open_existing_store(settings).await?;
         match self {
             Self::List {
                 filter,

@@ -1,4 +1,4 @@
-//! `email2fa tenant create | rotate-secret | list`.
+//! `email2fa tenant create | rename | rotate-secret | list`.
 
 use std::time::Duration;
 
@@ -23,6 +23,16 @@ pub enum TenantCommand {
         #[arg(long, value_parser = parse_name)]
         name: Option<String>,
     },
+    /// Give a tenant a new name (the sender name of its emails when the
+    /// SMTP provider has no from_name).
+    Rename {
+        /// Tenant id.
+        id: String,
+        /// The new name: 1–100 characters, no line breaks or other control
+        /// characters.
+        #[arg(value_parser = parse_name)]
+        name: String,
+    },
     /// Add a new signing secret; older ones stay valid for the overlap.
     RotateSecret {
         /// Tenant id.
@@ -39,7 +49,6 @@ pub enum TenantCommand {
 impl TenantCommand {
     /// Runs the command.
     pub async fn run(self, settings: &Settings) -> anyhow::Result<()> {
-        let store = crate::app::open_store(settings).await?;
         match self {
             Self::Create { id, name } => {
                 if !is_valid_tenant_id(&id) {
@@ -47,6 +56,7 @@ impl TenantCommand {
                         "invalid tenant id {id:?}: use lowercase letters, digits and dashes, starting with a letter or digit, at most 63 characters"
                     );
                 }
+                let store = crate::app::open_store(settings).await?;
                 let secret = crypto::new_signing_secret();
                 let name = name.unwrap_or_else(|| id.clone());
                 match store.create_tenant(&id, &name, &secret).await {
@@ -56,7 +66,16 @@ impl TenantCommand {
                 println!("Created tenant {id:?}. Its webhook signing secret (shown once):");
                 println!("{secret}");
             }
+            Self::Rename { id, name } => {
+                let store = crate::app::open_existing_store(settings).await?;
+                match store.rename_tenant(&id, &name).await {
+                    Err(StoreError::NotFound) => bail!("no tenant {id:?}"),
+                    other => other.context("failed to rename the tenant")?,
+                }
+                println!("Tenant {id:?} is now named {name:?}.");
+            }
             Self::RotateSecret { id, overlap } => {
+                let store = crate::app::open_existing_store(settings).await?;
                 let secret = crypto::new_signing_secret();
                 // At most a year (`parse_overlap`): fits an i64 and a date.
                 let seconds = i64::try_from(overlap.as_secs()).unwrap_or(MAX_OVERLAP_SECONDS);
@@ -70,7 +89,7 @@ impl TenantCommand {
                 );
                 println!("{secret}");
             }
-            Self::List => print_tenants(&store).await?,
+            Self::List => print_tenants(&crate::app::open_existing_store(settings).await?).await?,
         }
         Ok(())
     }

@@ -33,6 +33,13 @@ pub enum WebhookCommand {
         /// so the body is the same each time).
         #[arg(long)]
         id: Option<String>,
+        /// Print only this field of the answer on standard output (e.g.
+        /// challenge_id, or a dotted path such as factor.id), for scripts:
+        /// a string as it is, anything else as JSON; a missing field is an
+        /// error. Repeat it for several fields, one line each. The whole
+        /// answer then goes to standard error.
+        #[arg(long, value_name = "FIELD")]
+        get: Vec<String>,
     },
 }
 
@@ -46,13 +53,14 @@ impl WebhookCommand {
             secret,
             url,
             id,
+            get,
         } = self;
         let data: serde_json::Value =
             serde_json::from_str(&read_data(&data)?).context("the data is not valid JSON")?;
         let secret = match secret {
             Some(secret) => secret,
             None => {
-                let store = crate::app::open_store(settings).await?;
+                let store = crate::app::open_existing_store(settings).await?;
                 store.newest_secret(&tenant).await?.with_context(|| {
                     format!(
                         "no valid secret for tenant {tenant:?} in {}; pass --secret",
@@ -95,19 +103,58 @@ impl WebhookCommand {
         let status = response.status();
         let replayed = response.headers().contains_key("idempotent-replayed");
         let text = response.text().await?;
-        let pretty = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|json| serde_json::to_string_pretty(&json).ok())
-            .unwrap_or(text);
         eprintln!(
             "POST {endpoint} webhook-id={id} -> {status}{}",
             if replayed { " (idempotent replay)" } else { "" }
         );
+        report(status, &text, &get)
+    }
+}
+
+/// Prints the answer, or with `--get` the fields a script reads (one line
+/// each) and the answer on standard error; fails on a non-2xx answer or a
+/// missing field, printing no field then.
+fn report(status: reqwest::StatusCode, text: &str, get: &[String]) -> anyhow::Result<()> {
+    let json = serde_json::from_str::<serde_json::Value>(text).ok();
+    let pretty = json
+        .as_ref()
+        .and_then(|json| serde_json::to_string_pretty(json).ok())
+        .unwrap_or_else(|| text.to_string());
+    if get.is_empty() {
         println!("{pretty}");
-        if !status.is_success() {
-            bail!("the service answered {status}");
+    } else {
+        eprintln!("{pretty}");
+    }
+    if !status.is_success() {
+        bail!("the service answered {status}");
+    }
+    let fields = get
+        .iter()
+        .map(|path| field(json.as_ref(), path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for value in fields {
+        println!("{value}");
+    }
+    Ok(())
+}
+
+/// One field of the answer, by a dotted path: a string as it is, anything
+/// else as compact JSON.
+fn field(answer: Option<&serde_json::Value>, path: &str) -> anyhow::Result<String> {
+    let mut found = answer;
+    for key in path.split('.') {
+        found = found.and_then(|value| value.get(key));
+    }
+    match found {
+        Some(serde_json::Value::String(text)) => Ok(text.clone()),
+        Some(value) if !value.is_null() => Ok(value.to_string()),
+        _ => {
+            let fields = answer
+                .and_then(serde_json::Value::as_object)
+                .map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "))
+                .unwrap_or_default();
+            bail!("the answer has no field {path:?} (its fields: {fields})")
         }
-        Ok(())
     }
 }
 

@@ -364,6 +364,18 @@ impl Store {
         Ok(out)
     }
 
+    /// Gives a tenant a new name (the sender name of its emails whose SMTP
+    /// provider has no `from_name`, from the next email on).
+    #[tracing::instrument(skip_all, fields(tenant = %id))]
+    pub async fn rename_tenant(&self, id: &str, name: &str) -> StoreResult<()> {
+        let changed = with_db!(&self.db, pool => sqlx::query("update tenants set name = $2 where id = $1")
+            .bind(id).bind(name).execute(pool).await.map(|r| r.rows_affected()))?;
+        if changed == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
     /// How many tenants exist (the first start creates `default` on zero).
     pub async fn count_tenants(&self) -> StoreResult<i64> {
         let (count,): (i64,) = with_db!(&self.db, pool => sqlx::query_as(

@@ -3,6 +3,7 @@
 //! `EMAIL2FA_TEST_DATABASE_URL` is set) and typed helpers per call.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod ops;
 pub mod postfix;
 pub mod process;

@@ -35,7 +35,8 @@ pub struct Service {
     pub base: String,
 }
 
-fn capture(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<String>>) {
+/// Appends each line of `stream` to `into`, from a thread of its own.
+pub fn capture(stream: impl std::io::Read + Send + 'static, into: Arc<Mutex<String>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             let mut text = into.lock().expect("lock");

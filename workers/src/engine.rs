@@ -351,7 +351,7 @@ impl<S: MessageSource> Engine<S> {
         let result = self
             .inner
             .transports
-            .send(&prepared.provider, message)
+            .send(&prepared.provider, &delivery.id, message)
             .await;
         crate::metrics::send(&result, started.elapsed(), delivery.created_at);
         match result {

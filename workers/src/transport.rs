@@ -16,7 +16,7 @@ use std::time::Duration;
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::Tls;
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::trust::TrustedRoots;
 
@@ -205,26 +205,19 @@ impl Transports {
     }
 
     /// Sends a message; returns the server's reply (or the file's name).
+    /// The file transport names each file after `delivery_id`
+    /// (`{delivery_id}.eml`), so a script finds the email of the delivery
+    /// an answer named; a second attempt of the same delivery replaces it.
     pub async fn send(
         &self,
         provider: &SmtpProvider,
+        delivery_id: &str,
         message: Message,
     ) -> Result<String, SendError> {
         // The semaphore is never closed.
         let _turn = self.sends.acquire().await.ok();
         match &self.mode {
-            MailMode::Files(dir) => {
-                tokio::fs::create_dir_all(dir).await.map_err(|e| {
-                    SendError::Transient(format!("cannot create {}: {e}", dir.display()))
-                })?;
-                let id = AsyncFileTransport::<Tokio1Executor>::new(dir)
-                    .send(message)
-                    .await
-                    .map_err(|e| {
-                        SendError::Transient(format!("cannot write the .eml file: {e}"))
-                    })?;
-                Ok(format!("file {id}.eml"))
-            }
+            MailMode::Files(dir) => write_file(dir, delivery_id, &message).await,
             MailMode::Smtp => {
                 let response = self
                     .smtp(provider)?
@@ -236,4 +229,35 @@ impl Transports {
             }
         }
     }
+}
+
+/// Writes `{dir}/{delivery_id}.eml` whole: to a temporary name first, then
+/// renamed, so a reader never sees half a message.
+async fn write_file(
+    dir: &std::path::Path,
+    delivery_id: &str,
+    message: &Message,
+) -> Result<String, SendError> {
+    if delivery_id.is_empty()
+        || !delivery_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(SendError::Permanent(format!(
+            "delivery id {delivery_id:?} cannot name a file"
+        )));
+    }
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| SendError::Transient(format!("cannot create {}: {e}", dir.display())))?;
+    let name = format!("{delivery_id}.eml");
+    let partial = dir.join(format!(".{delivery_id}.eml.partial"));
+    let written = async {
+        tokio::fs::write(&partial, message.formatted()).await?;
+        tokio::fs::rename(&partial, dir.join(&name)).await
+    };
+    written
+        .await
+        .map_err(|e| SendError::Transient(format!("cannot write {name}: {e}")))?;
+    Ok(format!("file {name}"))
 }
