@@ -347,3 +347,59 @@ async fn a_settings_change_reaches_the_other_ingress_processes_cache_at_once() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Two ingress processes on one PostgreSQL database, each batching eight
+/// enrollments of different users to one address (in four spellings) at
+/// the same moment: the per-address limit (ten codes per hour) holds across
+/// the two batches. Each batch locks the address before it counts its
+/// sends, so the second counts the first's eight and admits two; without
+/// the lock both would count none and send sixteen codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_of_two_processes_share_one_address_limit() {
+    let Some(app) = TestApp::postgres_with(|s| s.ingest.linger_us = 100_000).await else {
+        return;
+    };
+    ready(&app).await;
+    let other = app.second_ingress().await;
+    let app = Arc::new(app);
+    let spellings = [
+        "shared@shop.example",
+        "Shared@shop.example",
+        "SHARED@SHOP.EXAMPLE",
+        "shared@Shop.Example",
+    ];
+    let tasks = (0..16).map(|n| {
+        let app = Arc::clone(&app);
+        let base = (n % 2 == 1).then(|| other.clone());
+        let data = json!({
+            "user": customer(&format!("c{n}")),
+            "email": spellings[n % spellings.len()],
+        });
+        tokio::spawn(async move {
+            match base {
+                Some(base) => {
+                    app.post_signed_to(&base, "enrollment.started", data)
+                        .await
+                        .status
+                }
+                None => app.post_signed("enrollment.started", data).await.status,
+            }
+        })
+    });
+    let statuses: Vec<u16> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        10,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        6,
+        "{statuses:?}"
+    );
+    assert_eq!(app.count("select count(*) from deliveries").await, 10);
+}

@@ -28,13 +28,6 @@ pub fn user_key(tenant_id: &str, user_id: &str) -> u32 {
     digest32(tenant_id, user_id)
 }
 
-/// The lock key of a recipient address of a tenant (for the per-address
-/// send limit), compared as the limit compares it
-/// ([`email2fa_workers::address::limit_key`]).
-pub fn recipient_key(tenant_id: &str, recipient: &str) -> u32 {
-    digest32(tenant_id, &email2fa_workers::address::limit_key(recipient))
-}
-
 fn digest32(tenant_id: &str, name: &str) -> u32 {
     let mut hash = Sha256::new();
     hash.update(tenant_id.as_bytes());
@@ -73,15 +66,11 @@ mod tests {
     }
 
     #[test]
-    fn keys_depend_on_tenant_and_user_and_ignore_recipient_case() {
+    fn keys_depend_on_tenant_and_user() {
         assert_ne!(user_key("acme", "u1"), user_key("acme", "u2"));
         assert_ne!(user_key("acme", "u1"), user_key("shop", "u1"));
         // The separator keeps ("ab", "c") and ("a", "bc") apart.
         assert_ne!(user_key("ab", "c"), user_key("a", "bc"));
-        assert_eq!(
-            recipient_key("acme", "Jane@Example.com"),
-            recipient_key("acme", "jane@example.com")
-        );
         assert_eq!(user_key("acme", "u1"), user_key("acme", "u1"));
     }
 

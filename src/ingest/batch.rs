@@ -1,17 +1,19 @@
 //! One batch in one transaction: lock, read, decide, write, push, commit.
 //!
-//! On PostgreSQL this is six round trips per batch whatever its size:
-//! `begin` with the users' locks, one statement for the reads (receipts,
-//! challenges, factors, streaks, trusted devices; settings and providers
-//! come from a cache), the addresses' locks, the send counts, one
-//! statement for every write (with Redis, the jobs are pushed meanwhile;
-//! with the queue in the database, apalis's insert follows), `commit`.
+//! On PostgreSQL this is four round trips per batch whatever its size:
+//! `begin` with the users' locks; one call for the reads (receipts,
+//! challenges, factors, streaks, trusted devices, and the send counts
+//! after the locks of the addresses the batch can send to; settings and
+//! providers come from a cache); one statement for every write (with
+//! Redis, the jobs are pushed meanwhile; with the queue in the database,
+//! apalis's insert follows); `commit`.
 
 use email2fa_workers::queue::QueueError;
 
 use super::{IngestError, Job, Shared};
+use crate::domain::batch::Key;
 use crate::domain::batch::{Overlay, RandomMint, Verdict, send_targets};
-use crate::domain::keys;
+use crate::store::batch::SendWindows;
 use crate::store::{StoreError, Timestamp};
 
 /// Why a batch wrote nothing.
@@ -78,28 +80,39 @@ pub(super) async fn run_batch(shared: &Shared, jobs: &[Job]) -> Result<Vec<Verdi
     let store = &shared.store;
     let items: Vec<_> = jobs.iter().map(|job| &job.item).collect();
     let lock_keys: Vec<u32> = jobs.iter().map(|job| job.key).collect();
+    let t0 = std::time::Instant::now();
     let mut tx = store.begin_batch(&lock_keys).await?;
+    let t_begin = t0.elapsed();
     let now = Timestamp::now();
-    let mut snap = store.read_batch(&mut tx, &items).await?;
+    let limits = &shared.domain.limits;
+    let windows = SendWindows {
+        user_since: now.plus_seconds(-limits.user_window_seconds),
+        recipient_since: now.plus_seconds(-limits.recipient_window_seconds),
+    };
+    let mut snap = store.read_batch(&mut tx, &items, windows).await?;
+    let t_read = t0.elapsed();
     let (users, recipients) = send_targets(&items, &snap);
     if store.batches_lock() {
-        let recipient_keys: Vec<u32> = recipients
-            .iter()
-            .map(|(tenant, to)| keys::recipient_key(tenant, to))
-            .collect();
-        store.lock_recipients(&mut tx, &recipient_keys).await?;
+        // PostgreSQL: the read locked and counted every address the batch
+        // can send to. One it did not (a factor or challenge that changed
+        // between the read's two statements) is a race like any other.
+        if !counted(&users, &snap.user_sends) || !counted(&recipients, &snap.recipient_sends) {
+            drop(tx.rollback().await);
+            return Err(BatchError::Race);
+        }
+    } else {
+        store
+            .read_send_counts(
+                &mut tx,
+                &mut snap,
+                &users,
+                &recipients,
+                windows.user_since,
+                windows.recipient_since,
+            )
+            .await?;
     }
-    let limits = &shared.domain.limits;
-    store
-        .read_send_counts(
-            &mut tx,
-            &mut snap,
-            &users,
-            &recipients,
-            now.plus_seconds(-limits.user_window_seconds),
-            now.plus_seconds(-limits.recipient_window_seconds),
-        )
-        .await?;
+    let t_counts = t0.elapsed();
     let mut mint = RandomMint;
     let mut overlay = Overlay::new(snap, &shared.domain, store.hasher(), &mut mint, now);
     let verdicts =
@@ -128,6 +141,7 @@ pub(super) async fn run_batch(shared: &Shared, jobs: &[Job]) -> Result<Vec<Verdi
         (store.write_batch(&mut tx, &writes, now).await, None)
     };
     let written = written?;
+    let t_write = t0.elapsed();
     if written.receipts != writes.receipts.len() as u64
         || written.challenge_updates != writes.challenge_updates.len() as u64
     {
@@ -143,8 +157,22 @@ pub(super) async fn run_batch(shared: &Shared, jobs: &[Job]) -> Result<Vec<Verdi
         return Err(error.into());
     }
     crate::store::commit(tx).await?;
+    tracing::debug!(
+        size = items.len(),
+        begin_us = t_begin.as_micros() as u64,
+        read_us = (t_read - t_begin).as_micros() as u64,
+        counts_us = (t_counts - t_read).as_micros() as u64,
+        write_us = (t_write - t_counts).as_micros() as u64,
+        commit_us = (t0.elapsed() - t_write).as_micros() as u64,
+        "batch phases"
+    );
     if pushed {
         shared.queue.wake_workers();
     }
     Ok(verdicts)
+}
+
+/// Whether the read counted the sends of every one of `keys`.
+fn counted<V>(keys: &[Key], counts: &std::collections::HashMap<Key, V>) -> bool {
+    keys.iter().all(|k| counts.contains_key(k))
 }

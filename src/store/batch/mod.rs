@@ -3,7 +3,8 @@
 //! [`Writes`] that [`crate::domain::batch::plan`] decided.
 //!
 //! On PostgreSQL a batch first takes an advisory lock per user key (sorted,
-//! with its `begin`), then reads, then takes a lock per recipient address
+//! with its `begin`), then reads in one round trip (the function
+//! `batch_read`), which takes a lock per address the batch can send to
 //! (sorted) before it counts the sends: always users before addresses and
 //! each in ascending order, so that batches of different processes cannot
 //! deadlock. On SQLite the transaction's write lock serialises everything.
@@ -15,6 +16,7 @@ pub mod rows;
 mod tenants;
 mod write;
 
+pub use read::SendWindows;
 pub use tenants::TenantCache;
 pub use write::WriteCounts;
 
@@ -26,8 +28,8 @@ use rows::Dialect;
 /// The advisory lock class of user keys (the first half of the two-key
 /// form, so that these never meet anyone else's single-key locks).
 const USER_LOCKS: i32 = 0x2FA0_0001;
-/// The advisory lock class of recipient keys.
-const RECIPIENT_LOCKS: i32 = 0x2FA0_0002;
+// The advisory lock class of recipient addresses is 0x2FA0_0002; the
+// function `batch_read` takes those locks (read.rs).
 
 /// The dialect of a transaction.
 pub(super) fn dialect(tx: &Tx) -> Dialect {
@@ -64,11 +66,6 @@ impl super::Store {
     /// transaction that did not take them with its `begin`.
     pub async fn lock_users(&self, tx: &mut Tx, keys: &[u32]) -> StoreResult<()> {
         lock(tx, USER_LOCKS, keys).await
-    }
-
-    /// Takes the advisory locks of these recipient keys (after the users').
-    pub async fn lock_recipients(&self, tx: &mut Tx, keys: &[u32]) -> StoreResult<()> {
-        lock(tx, RECIPIENT_LOCKS, keys).await
     }
 }
 

@@ -54,6 +54,12 @@ struct Token<'a> {
 }
 
 #[derive(Serialize)]
+struct Address<'a> {
+    tenant_id: &'a str,
+    id: String,
+}
+
+#[derive(Serialize)]
 struct Since<'a> {
     tenant_id: &'a str,
     id: &'a str,
@@ -185,149 +191,16 @@ static COUNTS: LazyLock<Sql> = LazyLock::new(|| {
     })
 });
 
-/// Every column of [`AT_ONCE`]'s rows with its PostgreSQL type: the
-/// columns of each table read, by name (a receipt's `status` as
-/// `receipt_status`, not to meet a challenge's).
-const WIDE: [(&str, &str); 37] = [
-    ("tenant_id", "text"),
-    ("id", "text"),
-    ("purpose", "text"),
-    ("user_id", "text"),
-    ("role", "text"),
-    ("email", "text"),
-    ("user_name", "text"),
-    ("locale", "text"),
-    ("secondary_auth_provider_id", "text"),
-    ("status", "text"),
-    ("attempts", "integer"),
-    ("max_attempts", "integer"),
-    ("code_length", "integer"),
-    ("code_ttl_seconds", "integer"),
-    ("code_hash", "bytea"),
-    ("code_expires_at", "timestamptz"),
-    ("code_delivery_id", "text"),
-    ("current_delivery_id", "text"),
-    ("resend_after", "timestamptz"),
-    ("factor_id", "text"),
-    ("created_at", "timestamptz"),
-    ("updated_at", "timestamptz"),
-    ("closed_at", "timestamptz"),
-    ("previous_code_hash", "bytea"),
-    ("previous_code_expires_at", "timestamptz"),
-    ("token_hash", "bytea"),
-    ("label", "text"),
-    ("last_used_at", "timestamptz"),
-    ("expires_at", "timestamptz"),
-    ("revoked_at", "timestamptz"),
-    ("consecutive_failures", "integer"),
-    ("last_failure_at", "timestamptz"),
-    ("webhook_id", "text"),
-    ("body_sha256", "bytea"),
-    ("receipt_status", "integer"),
-    ("answer_sealed", "bytea"),
-    ("kind", "text"),
-];
-
-/// One part of [`AT_ONCE`]: the rows of one table as [`WIDE`] rows of
-/// `kind`, `columns` (a comma-separated list of the table's columns, or
-/// `name as alias` pairs) taken from `alias`, every other column null.
-fn wide(kind: &str, alias: &str, columns: &str, from: &str) -> String {
-    let present: HashMap<&str, String> = columns
-        .split(',')
-        .map(|c| {
-            let c = c.trim();
-            match c.split_once(" as ") {
-                Some((name, column)) => (column.trim(), format!("{alias}.{}", name.trim())),
-                None => (c, format!("{alias}.{c}")),
-            }
-        })
-        .collect();
-    let exprs: Vec<String> = WIDE
-        .iter()
-        .map(|(column, ty)| match (*column, present.get(column)) {
-            ("kind", _) => format!("'{kind}' as kind"),
-            (_, Some(expr)) => format!("{expr} as {column}"),
-            (_, None) => format!("null::{ty} as {column}"),
-        })
-        .collect();
-    format!("select {} from {from}", exprs.join(", "))
-}
-
-/// PostgreSQL: everything [`Store::read_batch`] reads (receipts,
-/// challenges, factors, security streaks, trusted devices) in one
-/// statement, one round trip instead of five. `$1` the receipts' ids, `$2`
-/// the challenges named, `$3` the users named, `$4` the trust tokens. The
-/// users whose factors and streaks it reads are those named and the
-/// owners of the challenges named, as in the reads one by one. Without
-/// `$4` and its part when no login carries a trust token
-/// ([`AT_ONCE_NO_TOKENS`]): every part costs executor set-up on every run.
-static AT_ONCE: LazyLock<String> = LazyLock::new(|| at_once(true));
-
-/// [`AT_ONCE`] for a batch without trust tokens.
-static AT_ONCE_NO_TOKENS: LazyLock<String> = LazyLock::new(|| at_once(false));
-
-fn at_once(tokens: bool) -> String {
-    let d = Dialect::Postgres;
-    let challenge_columns = prefixed("c", challenges::COLUMNS);
-    let mut parts = vec![
-        wide(
-            "receipt",
-            "r",
-            "tenant_id, webhook_id, body_sha256, status as receipt_status, answer_sealed",
-            &format!(
-                "{} cross join webhook_receipts r \
-                 where r.tenant_id = x.tenant_id and r.webhook_id = x.id",
-                source(d, 1, "x", &PAIR)
-            ),
-        ),
-        wide("challenge", "c", challenges::COLUMNS, "ch as c"),
-        wide(
-            "factor",
-            "f",
-            crate::store::factors::FACTOR_COLUMNS,
-            "u cross join factors f where f.tenant_id = u.tenant_id and f.user_id = u.id",
-        ),
-        wide(
-            "security",
-            "s",
-            "tenant_id, user_id, consecutive_failures, last_failure_at",
-            "u cross join user_security s where s.tenant_id = u.tenant_id and s.user_id = u.id",
-        ),
-    ];
-    if tokens {
-        parts.push(wide(
-            "device",
-            "t",
-            crate::store::factors::DEVICE_COLUMNS,
-            &format!(
-                "{} cross join trusted_devices t \
-                     where t.tenant_id = k.tenant_id and t.token_hash = k.token_hash",
-                source(
-                    d,
-                    4,
-                    "k",
-                    &[("tenant_id", Ty::Text), ("token_hash", Ty::Hex)]
-                )
-            ),
-        ));
-    }
-    format!(
-        "with n as (select * from {named}), s as (select * from {starting}), \
-         ch as (select {challenge_columns} from n cross join challenges c \
-                   where c.tenant_id = n.tenant_id and c.id = n.id \
-                union \
-                select {challenge_columns} from s cross join challenges c \
-                   where c.tenant_id = s.tenant_id and c.user_id = s.id and c.status = 'pending'), \
-         u as (select s.tenant_id, s.id from s \
-               union \
-               select c.tenant_id, c.user_id from n cross join ch c \
-                  where c.tenant_id = n.tenant_id and c.id = n.id) \
-         {}",
-        parts.join(" union all "),
-        named = source(d, 2, "n0", &PAIR),
-        starting = source(d, 3, "s0", &PAIR),
-    )
-}
+/// PostgreSQL: everything [`Store::read_batch`] reads, the send counts
+/// included, in one round trip: the function `batch_read` (migration
+/// `20261208000001_batch_read.sql`) locks every address the batch can send
+/// to, then reads receipts, challenges, factors, security streaks, the
+/// sends of the batch's users and addresses within their windows, and the
+/// trusted devices of the trust tokens presented (`$4`, null when no login
+/// carries one). `$5` the addresses the webhooks name (enrollments'), as
+/// the limit compares them; `$6` and `$7` the windows' starts.
+const BATCH_READ: &str = "select * from batch_read($1::jsonb, $2::jsonb, $3::jsonb, $4::jsonb, \
+     $5::jsonb, $6, $7)";
 
 fn prefixed(alias: &str, columns: &str) -> String {
     columns
@@ -363,18 +236,64 @@ struct CountRow {
     oldest: Option<Timestamp>,
 }
 
+#[derive(sqlx::FromRow)]
+struct SendsRow {
+    tenant_id: String,
+    id: String,
+    sends: i64,
+    oldest: Option<Timestamp>,
+}
+
+impl SendsRow {
+    fn into_entry(self) -> (Key, Window) {
+        (
+            key(&self.tenant_id, &self.id),
+            Window {
+                count: self.sends,
+                oldest: self.oldest,
+            },
+        )
+    }
+}
+
+/// Where the send limits' windows start.
+#[derive(Debug, Clone, Copy)]
+pub struct SendWindows {
+    /// Sends of a user after this count.
+    pub user_since: Timestamp,
+    /// Sends to an address after this count.
+    pub recipient_since: Timestamp,
+}
+
 impl Store {
-    /// Reads everything a batch decides on, except the send counts
-    /// ([`Store::read_send_counts`], which need the addresses' locks): on
-    /// PostgreSQL in one statement ([`AT_ONCE`]), on SQLite (in-process,
-    /// where a statement costs no round trip) one table at a time.
-    pub async fn read_batch(&self, tx: &mut Tx, items: &[&HotItem]) -> StoreResult<Snapshot> {
+    /// Reads everything a batch decides on. On PostgreSQL that is one
+    /// round trip ([`BATCH_READ`]) which also locks every address the
+    /// batch can send to and counts the sends of the batch's users and
+    /// addresses within `windows`; on SQLite (in-process, where a statement
+    /// costs no round trip) one table at a time, without the counts
+    /// ([`Store::read_send_counts`]).
+    pub async fn read_batch(
+        &self,
+        tx: &mut Tx,
+        items: &[&HotItem],
+        windows: SendWindows,
+    ) -> StoreResult<Snapshot> {
         let lists = Lists::of(items);
         let read = match tx {
-            Tx::Postgres(conn) => read_at_once(conn, &lists).await?,
+            Tx::Postgres(conn) => read_at_once(conn, &lists, windows).await?,
             Tx::Sqlite(..) => read_one_by_one(tx, &lists).await?,
         };
-        let mut snap = Snapshot::default();
+        let mut snap = Snapshot {
+            user_sends: read
+                .user_sends
+                .into_iter()
+                .map(SendsRow::into_entry)
+                .collect(),
+            recipient_sends: (read.recipient_sends.into_iter())
+                .map(SendsRow::into_entry)
+                .collect(),
+            ..Snapshot::default()
+        };
         for row in read.receipts {
             let answer = match &row.answer_sealed {
                 Some(sealed) => self.secret_box.open(
@@ -471,7 +390,8 @@ impl Store {
     }
 
     /// Reads the code sends of these users since `user_since` and to these
-    /// addresses since `recipient_since` into the snapshot.
+    /// addresses since `recipient_since` into the snapshot (SQLite; on
+    /// PostgreSQL [`Store::read_batch`] counts them).
     pub async fn read_send_counts(
         &self,
         tx: &mut Tx,
@@ -533,6 +453,8 @@ struct Lists {
     named_keys: std::collections::HashSet<Key>,
     /// The users named, as keys.
     users: Vec<Key>,
+    /// The addresses enrollments name, as the limit compares them.
+    addresses: String,
 }
 
 impl Lists {
@@ -570,7 +492,18 @@ impl Lists {
                 _ => None,
             })
             .collect();
+        let addresses: Vec<Address<'_>> = items
+            .iter()
+            .filter_map(|i| match &i.event {
+                HotEvent::EnrollmentStarted(e) => Some(Address {
+                    tenant_id: &i.tenant_id,
+                    id: email2fa_workers::address::limit_key(e.address()),
+                }),
+                _ => None,
+            })
+            .collect();
         Self {
+            addresses: rows::array(&addresses),
             receipts: rows::array(&receipts),
             named: rows::array(&named),
             starting: rows::array(&starting),
@@ -590,24 +523,27 @@ struct Read {
     factors: Vec<Factor>,
     security: Vec<SecurityRow>,
     devices: Vec<TrustedDevice>,
+    user_sends: Vec<SendsRow>,
+    recipient_sends: Vec<SendsRow>,
 }
 
-/// PostgreSQL: [`AT_ONCE`], its rows sorted back into their tables.
-async fn read_at_once(conn: &mut sqlx::PgConnection, lists: &Lists) -> StoreResult<Read> {
+/// PostgreSQL: [`BATCH_READ`], its rows sorted back into their tables.
+async fn read_at_once(
+    conn: &mut sqlx::PgConnection,
+    lists: &Lists,
+    windows: SendWindows,
+) -> StoreResult<Read> {
     use sqlx::{FromRow, Row};
-    let sql = if lists.any_token {
-        AT_ONCE.as_str()
-    } else {
-        AT_ONCE_NO_TOKENS.as_str()
-    };
-    let mut query = sqlx::query(sql)
+    let rows = sqlx::query(BATCH_READ)
         .bind(&lists.receipts)
         .bind(&lists.named)
-        .bind(&lists.starting);
-    if lists.any_token {
-        query = query.bind(&lists.tokens);
-    }
-    let rows = query.fetch_all(conn).await?;
+        .bind(&lists.starting)
+        .bind(lists.any_token.then_some(lists.tokens.as_str()))
+        .bind(&lists.addresses)
+        .bind(windows.user_since)
+        .bind(windows.recipient_since)
+        .fetch_all(conn)
+        .await?;
     let mut read = Read::default();
     for row in &rows {
         let kind: &str = row.try_get("kind")?;
@@ -617,6 +553,8 @@ async fn read_at_once(conn: &mut sqlx::PgConnection, lists: &Lists) -> StoreResu
             "factor" => read.factors.push(Factor::from_row(row)?),
             "security" => read.security.push(SecurityRow::from_row(row)?),
             "device" => read.devices.push(TrustedDevice::from_row(row)?),
+            "user_sends" => read.user_sends.push(SendsRow::from_row(row)?),
+            "recipient_sends" => read.recipient_sends.push(SendsRow::from_row(row)?),
             other => {
                 return Err(
                     sqlx::Error::Protocol(format!("a batch read a row of kind {other}")).into(),
@@ -679,5 +617,6 @@ async fn read_one_by_one(tx: &mut Tx, lists: &Lists) -> StoreResult<Read> {
         factors,
         security,
         devices,
+        ..Read::default()
     })
 }
