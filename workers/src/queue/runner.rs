@@ -88,6 +88,10 @@ where
     let shutdown = shutdown.boxed().shared();
     let in_flight = InFlight::default();
     let mut delay = RESTART_DELAY_MIN;
+    // Whether the last ping of the previous wait failed: a worker started
+    // again while its queue was still away, that fails once the queue is
+    // back, starts at once instead of after the whole (grown) delay.
+    let mut queue_was_down = false;
     loop {
         let started = Instant::now();
         run_worker(&queue, &config, &handler, &in_flight, shutdown.clone()).await;
@@ -100,11 +104,12 @@ where
         }
         if started.elapsed() >= HEALTHY_RUN {
             delay = RESTART_DELAY_MIN;
+            queue_was_down = false;
         }
         tracing::warn!(restart_in = ?delay, "the queue worker stopped; restarting it");
         let settle = async {
             let _ = tokio::time::timeout(config.shutdown_timeout, in_flight.idle()).await;
-            wait_to_restart(&queue, delay).await;
+            wait_to_restart(&queue, delay, queue_was_down).await
         };
         tokio::select! {
             () = shutdown.clone() => {
@@ -112,7 +117,7 @@ where
                 in_flight.abort_all();
                 return Ok(());
             }
-            () = settle => {}
+            still_down = settle => queue_was_down = still_down,
         }
         delay = (delay * 2).min(RESTART_DELAY_MAX);
     }
@@ -126,21 +131,25 @@ where
 /// that grew while it was away. A worker that failed while its queue
 /// answered (some other fault) waits the whole delay, so that a fault that
 /// repeats does not restart it in a loop.
-async fn wait_to_restart(queue: &Queue, delay: Duration) {
+///
+/// `was_down` says the previous wait ended on a failed ping (its delay ran
+/// out while the queue was still away): the worker started since then
+/// failed on that outage, so a first ping that answers ends this wait too.
+/// Returns whether the last ping failed, for the next wait.
+async fn wait_to_restart(queue: &Queue, delay: Duration, mut was_down: bool) -> bool {
     let deadline = Instant::now() + delay;
-    let mut was_down = false;
     loop {
         let answered = matches!(
             tokio::time::timeout(RESTART_PROBE_TIMEOUT, queue.ping()).await,
             Ok(Ok(()))
         );
         if answered && was_down {
-            return;
+            return false;
         }
         was_down |= !answered;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return;
+            return !answered;
         }
         tokio::time::sleep(left.min(RESTART_PROBE_INTERVAL)).await;
     }
