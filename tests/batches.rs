@@ -403,3 +403,54 @@ async fn concurrent_batches_of_two_processes_share_one_address_limit() {
     );
     assert_eq!(app.count("select count(*) from deliveries").await, 10);
 }
+
+/// Under load that never lets the lanes go quiet, PostgreSQL still learns
+/// how the tables grow: a lane's session reports its table statistics only
+/// while it waits outside a transaction, and a lane begins each batch's
+/// transaction with the previous commit. Without those reports the tables
+/// are never analyzed, and the plans made while they were empty (a scan of
+/// a whole table for each batch) stay. The lanes must end a transaction
+/// without beginning the next at least every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_statistics_reach_postgres_while_the_lanes_are_busy() {
+    let Some(app) = TestApp::postgres().await else {
+        return;
+    };
+    ready(&app).await;
+    let app = Arc::new(app);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let posters: Vec<_> = (0..8)
+        .map(|task| {
+            let (app, stop) = (Arc::clone(&app), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = format!("busy{task}x{n}");
+                    let data =
+                        json!({"user": customer(&id), "email": format!("{id}@shop.example")});
+                    let status = app.post_signed("enrollment.started", data).await.status;
+                    assert_eq!(status, 200);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    let reported = app
+        .count(
+            "select coalesce(sum(n_tup_ins), 0)::bigint from pg_stat_user_tables \
+             where schemaname = 'email2fa' and relname = 'challenges'",
+        )
+        .await;
+    let written = app.count("select count(*) from challenges").await;
+    eprintln!("PostgreSQL knows of {reported} of the {written} challenges written");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for poster in posters {
+        poster.await.expect("poster");
+    }
+    assert!(written >= 50, "only {written} enrollments in 3.5 s");
+    assert!(
+        reported * 4 >= written,
+        "PostgreSQL knows of {reported} of the {written} challenges written"
+    );
+}

@@ -1,13 +1,15 @@
 //! One batch in one transaction: lock, read, decide, write, push, commit.
 //!
-//! On PostgreSQL this is four round trips per batch whatever its size:
-//! `begin` with the users' locks; one call for the reads (receipts,
-//! challenges, factors, streaks, trusted devices, and the send counts
-//! after the locks of the addresses the batch can send to; settings and
-//! providers come from a cache); one statement for every write (with
+//! On PostgreSQL this is three round trips per batch whatever its size,
+//! on the lane's own connection, where the previous batch's commit began
+//! this batch's transaction: one call for the users' locks and the reads
+//! (receipts, challenges, factors, streaks, trusted devices, and the send
+//! counts after the locks of the addresses the batch can send to; settings
+//! and providers come from a cache); one statement for every write (with
 //! Redis, the jobs are pushed meanwhile; with the queue in the database,
-//! apalis's insert follows); `commit`.
+//! apalis's insert follows); `commit; begin`.
 
+use email2fa_workers::db::LaneConn;
 use email2fa_workers::queue::QueueError;
 
 use super::{IngestError, Job, Shared};
@@ -75,13 +77,18 @@ impl From<sqlx::Error> for BatchError {
     }
 }
 
-/// Runs one batch: every webhook's verdict, its writes committed.
-pub(super) async fn run_batch(shared: &Shared, jobs: &[Job]) -> Result<Vec<Verdict>, BatchError> {
+/// Runs one batch on the lane's connection `lane`: every webhook's
+/// verdict, its writes committed.
+pub(super) async fn run_batch(
+    shared: &Shared,
+    lane: &mut Option<LaneConn>,
+    jobs: &[Job],
+) -> Result<Vec<Verdict>, BatchError> {
     let store = &shared.store;
     let items: Vec<_> = jobs.iter().map(|job| &job.item).collect();
     let lock_keys: Vec<u32> = jobs.iter().map(|job| job.key).collect();
     let t0 = std::time::Instant::now();
-    let mut tx = store.begin_batch(&lock_keys).await?;
+    let mut tx = store.begin_batch(lane).await?;
     let t_begin = t0.elapsed();
     let now = Timestamp::now();
     let limits = &shared.domain.limits;
@@ -89,7 +96,9 @@ pub(super) async fn run_batch(shared: &Shared, jobs: &[Job]) -> Result<Vec<Verdi
         user_since: now.plus_seconds(-limits.user_window_seconds),
         recipient_since: now.plus_seconds(-limits.recipient_window_seconds),
     };
-    let mut snap = store.read_batch(&mut tx, &items, windows).await?;
+    let mut snap = store
+        .read_batch(&mut tx, &items, &lock_keys, windows)
+        .await?;
     let t_read = t0.elapsed();
     let (users, recipients) = send_targets(&items, &snap);
     if store.batches_lock() {
@@ -97,7 +106,7 @@ pub(super) async fn run_batch(shared: &Shared, jobs: &[Job]) -> Result<Vec<Verdi
         // can send to. One it did not (a factor or challenge that changed
         // between the read's two statements) is a race like any other.
         if !counted(&users, &snap.user_sends) || !counted(&recipients, &snap.recipient_sends) {
-            drop(tx.rollback().await);
+            store.roll_back_batch(tx, lane).await;
             return Err(BatchError::Race);
         }
     } else {
@@ -120,7 +129,7 @@ pub(super) async fn run_batch(shared: &Shared, jobs: &[Job]) -> Result<Vec<Verdi
     let writes = overlay.finish();
     if writes.receipts.is_empty() {
         // Nothing was decided afresh (replays, refusals, moves).
-        drop(tx.rollback().await);
+        store.roll_back_batch(tx, lane).await;
         return Ok(verdicts);
     }
     let mut jobs: Vec<_> = writes
@@ -145,7 +154,7 @@ pub(super) async fn run_batch(shared: &Shared, jobs: &[Job]) -> Result<Vec<Verdi
     if written.receipts != writes.receipts.len() as u64
         || written.challenge_updates != writes.challenge_updates.len() as u64
     {
-        drop(tx.rollback().await);
+        store.roll_back_batch(tx, lane).await;
         return Err(BatchError::Race);
     }
     let queued = match apart {
@@ -153,10 +162,10 @@ pub(super) async fn run_batch(shared: &Shared, jobs: &[Job]) -> Result<Vec<Verdi
         None => shared.queue.push_with(&mut tx, jobs).await,
     };
     if let Err(error) = queued {
-        drop(tx.rollback().await);
+        store.roll_back_batch(tx, lane).await;
         return Err(error.into());
     }
-    crate::store::commit(tx).await?;
+    store.commit_batch(tx, lane).await?;
     tracing::debug!(
         size = items.len(),
         begin_us = t_begin.as_micros() as u64,

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use email2fa_workers::db::LaneConn;
+
 use super::batch::{BatchError, run_batch};
 use super::{Answer, IngestError, Job, Shared, lane_of};
 use crate::domain::EventError;
@@ -18,6 +20,10 @@ const RACE_RETRIES: usize = 3;
 /// more webhooks (see [`run`]).
 const CATCH_UP: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// How long a lane with nothing to do keeps the transaction its last
+/// commit began for the next batch ([`LaneConn`]) before it ends it.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Runs a lane until every sender is gone.
 ///
 /// Under steady load the webhooks answered by one batch come back as the
@@ -27,15 +33,29 @@ const CATCH_UP: std::time::Duration = std::time::Duration::from_millis(1);
 /// turn, measured at 32 concurrent requests). So a batch that finds under
 /// half as many webhooks as the previous one had waits up to [`CATCH_UP`]
 /// for as many; after a quiet spell it is one webhook and waits for nothing.
+///
+/// The lane runs its batches on a database connection of its own
+/// ([`LaneConn`], PostgreSQL), which it closes when it stops.
 pub(super) async fn run(shared: Arc<Shared>, mut inbox: mpsc::Receiver<Job>) {
+    let mut conn: Option<LaneConn> = None;
     let mut carried: Vec<Job> = Vec::new();
     let mut last_size = 0;
     loop {
         let mut jobs = std::mem::take(&mut carried);
         if jobs.is_empty() {
-            match inbox.recv().await {
+            let next = match tokio::time::timeout(QUIET, inbox.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    LaneConn::idle(&mut conn).await;
+                    inbox.recv().await
+                }
+            };
+            match next {
                 Some(job) => jobs.push(job),
-                None => return,
+                None => {
+                    LaneConn::close(conn).await;
+                    return;
+                }
             }
         }
         let max = shared.config.max_batch.max(1);
@@ -65,13 +85,13 @@ pub(super) async fn run(shared: Arc<Shared>, mut inbox: mpsc::Receiver<Job>) {
             }
         }
         last_size = jobs.len();
-        carried = run_jobs(&shared, jobs).await;
+        carried = run_jobs(&shared, &mut conn, jobs).await;
     }
 }
 
 /// Runs one batch and answers its webhooks; returns those to run again in
 /// the next batch of this lane.
-async fn run_jobs(shared: &Shared, jobs: Vec<Job>) -> Vec<Job> {
+async fn run_jobs(shared: &Shared, conn: &mut Option<LaneConn>, jobs: Vec<Job>) -> Vec<Job> {
     let (started, size) = (std::time::Instant::now(), jobs.len());
     crate::metrics::ingest_batch(size);
     // The same webhook id twice: the first runs, the others follow it.
@@ -88,7 +108,7 @@ async fn run_jobs(shared: &Shared, jobs: Vec<Job>) -> Vec<Job> {
             }
         }
     }
-    let verdicts = decide(shared, &leaders).await;
+    let verdicts = decide(shared, conn, &leaders).await;
     let mut again = Vec::new();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(leaders.len());
     for (job, verdict) in leaders.into_iter().zip(verdicts) {
@@ -188,9 +208,13 @@ fn answer(verdict: Result<Verdict, IngestError>) -> Result<Answer, IngestError> 
 /// The verdict of each job: the batch as a whole, decided again when it
 /// lost a race; when it fails for another reason than the database being
 /// unavailable, each webhook alone, so that one bad webhook fails alone.
-async fn decide(shared: &Shared, jobs: &[Job]) -> Vec<Result<Verdict, IngestError>> {
+async fn decide(
+    shared: &Shared,
+    conn: &mut Option<LaneConn>,
+    jobs: &[Job],
+) -> Vec<Result<Verdict, IngestError>> {
     for attempt in 1..=RACE_RETRIES {
-        match run_batch(shared, jobs).await {
+        match run_batch(shared, conn, jobs).await {
             Ok(verdicts) => return verdicts.into_iter().map(Ok).collect(),
             Err(BatchError::Race) if attempt < RACE_RETRIES => {
                 tracing::debug!(attempt, "a batch lost a race; deciding it again");
@@ -199,7 +223,7 @@ async fn decide(shared: &Shared, jobs: &[Job]) -> Vec<Result<Verdict, IngestErro
                 tracing::warn!(%error, size = jobs.len(), "a batch failed; running its webhooks one by one");
                 let mut verdicts = Vec::with_capacity(jobs.len());
                 for job in jobs {
-                    let alone = run_batch(shared, std::slice::from_ref(job)).await;
+                    let alone = run_batch(shared, conn, std::slice::from_ref(job)).await;
                     verdicts.push(match alone {
                         Ok(mut v) if !v.is_empty() => Ok(v.remove(0)),
                         Ok(_) => Err(IngestError::Internal),

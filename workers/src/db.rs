@@ -91,7 +91,106 @@ pub enum Tx {
         tokio::sync::OwnedMutexGuard<()>,
     ),
     /// On PostgreSQL.
-    Postgres(sqlx::Transaction<'static, Postgres>),
+    Postgres(PgTx),
+}
+
+/// An open PostgreSQL transaction: on a connection of the pool, or on the
+/// connection of an ingress lane ([`Db::begin_lane`]).
+#[derive(Debug)]
+pub enum PgTx {
+    /// Begun on a connection of the pool, which goes back when it ends.
+    Pool(sqlx::Transaction<'static, Postgres>),
+    /// Begun on a lane's own connection. It is closed if the transaction
+    /// is dropped instead of finished (the server then rolls back).
+    Lane(LaneConn),
+}
+
+impl std::ops::Deref for PgTx {
+    type Target = sqlx::PgConnection;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Self::Pool(tx) => tx,
+            Self::Lane(lane) => &lane.conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for PgTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Self::Pool(tx) => tx,
+            Self::Lane(lane) => &mut lane.conn,
+        }
+    }
+}
+
+/// The PostgreSQL connection an ingress lane keeps for its batches, out of
+/// the pool (so the pool holds up to its size besides the lanes'), with the
+/// session settings of [`Db::begin_lane`].
+///
+/// Between two batches under load it sits in a transaction already begun
+/// (no locks, no snapshot, no transaction id yet), so that a batch costs
+/// three round trips, not four: its read, its write, and `commit; begin`.
+/// A lane that goes quiet ends that transaction ([`LaneConn::idle`]), so
+/// no session stays idle in a transaction. Timestamps come from the
+/// service, never from the transaction's start (`now()`), so an early
+/// `begin` changes no value written.
+///
+/// At least every [`IDLE_EVERY`] a batch's commit does not begin the next
+/// transaction (the next batch then begins its own): a PostgreSQL session
+/// reports its table statistics (rows inserted, updated, deleted) only
+/// while it waits outside a transaction. Without those reports the tables
+/// are never analyzed (neither by autovacuum nor by the service's own
+/// `analyze` of grown tables), and the plans made while they were nearly
+/// empty stay: measured, a batch's read grew to 20 ms (a scan of every
+/// pending challenge and every recent delivery) within 20 s.
+#[derive(Debug)]
+pub struct LaneConn {
+    conn: sqlx::PgConnection,
+    /// A transaction is begun (between batches: one that ran nothing).
+    open: bool,
+    /// When the session last waited for a command outside a transaction.
+    idle_at: std::time::Instant,
+}
+
+/// How often a lane's session at least ends a transaction without
+/// beginning the next: see [`LaneConn`].
+const IDLE_EVERY: Duration = Duration::from_secs(1);
+
+impl LaneConn {
+    /// Ends the transaction begun for a next batch that did not come
+    /// (a lane gone quiet): `rollback` of a transaction that ran nothing.
+    /// A connection that fails it is dropped (the next batch opens another).
+    pub async fn idle(lane: &mut Option<LaneConn>) {
+        if let Some(conn) = lane.as_mut()
+            && !conn.end_open().await
+        {
+            *lane = None;
+        }
+    }
+
+    /// Closes the connection politely (a lane stopping).
+    pub async fn close(lane: Option<LaneConn>) {
+        use sqlx::Connection;
+        if let Some(mut conn) = lane
+            && conn.end_open().await
+        {
+            drop(conn.conn.close().await);
+        }
+    }
+
+    /// Rolls back the transaction begun early, if any; false if the
+    /// connection failed.
+    async fn end_open(&mut self) -> bool {
+        use sqlx::Executor;
+        if !self.open {
+            return true;
+        }
+        let ended = self.conn.execute("rollback").await.is_ok();
+        self.open = !ended;
+        ended
+    }
 }
 
 /// Runs the same expression against the connection of a [`Tx`]:
@@ -105,7 +204,7 @@ macro_rules! with_tx {
                 $body
             }
             $crate::db::Tx::Postgres(tx) => {
-                let $conn = &mut **tx;
+                let $conn: &mut ::sqlx::PgConnection = &mut *tx;
                 $body
             }
         }
@@ -115,17 +214,41 @@ macro_rules! with_tx {
 impl Tx {
     /// Makes the transaction's writes durable and visible.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Sqlite(tx, _turn) => tx.commit().await,
-            Self::Postgres(tx) => tx.commit().await,
-        }
+        self.finish_lane(true).await.map(drop)
     }
 
     /// Drops the transaction's writes.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.finish_lane(false).await.map(drop)
+    }
+
+    /// Commits (`commit`) or rolls back the transaction; on a lane's
+    /// connection ([`Db::begin_lane`]) also begins the next batch's
+    /// transaction in the same round trip (`commit; begin`: if the commit
+    /// fails, the `begin` does not run) and gives the connection back for
+    /// it. A lane's connection that fails is dropped.
+    pub async fn finish_lane(self, commit: bool) -> Result<Option<LaneConn>, sqlx::Error> {
+        use sqlx::Executor;
         match self {
-            Self::Sqlite(tx, _turn) => tx.rollback().await,
-            Self::Postgres(tx) => tx.rollback().await,
+            Self::Sqlite(tx, _turn) if commit => tx.commit().await.map(|()| None),
+            Self::Sqlite(tx, _turn) => tx.rollback().await.map(|()| None),
+            Self::Postgres(PgTx::Pool(tx)) if commit => tx.commit().await.map(|()| None),
+            Self::Postgres(PgTx::Pool(tx)) => tx.rollback().await.map(|()| None),
+            Self::Postgres(PgTx::Lane(mut lane)) => {
+                let idle = lane.idle_at.elapsed() >= IDLE_EVERY;
+                let sql = match (commit, idle) {
+                    (true, false) => "commit; begin",
+                    (true, true) => "commit",
+                    (false, false) => "rollback; begin",
+                    (false, true) => "rollback",
+                };
+                lane.conn.execute(sql).await?;
+                lane.open = !idle;
+                if idle {
+                    lane.idle_at = std::time::Instant::now();
+                }
+                Ok(Some(lane))
+            }
         }
     }
 }
@@ -231,52 +354,58 @@ impl Db {
                 let turn = lock.acquire().await?;
                 Ok(Tx::Sqlite(pool.begin_with("begin immediate").await?, turn))
             }
-            Self::Postgres(pool) => Ok(Tx::Postgres(pool.begin().await?)),
+            Self::Postgres(pool) => Ok(Tx::Postgres(PgTx::Pool(pool.begin().await?))),
         }
     }
 
     /// Starts a transaction of set-based statements over short JSON lists
-    /// (the ingress's batches). On PostgreSQL it also turns hash joins,
-    /// merge joins and sequential scans off for the transaction's
-    /// statements, in the same round trip as the `begin`: the planner
-    /// reckons every JSON list at 100 rows, so on tables of up to some ten
-    /// thousand rows it hashed whole tables for lists of a dozen keys; with
-    /// this every batch statement walks the indexes, whatever the table
-    /// sizes and statistics. (A plan is cached with the settings it was made
-    /// under, and these statements run only here.) It also plans each of
-    /// them once per connection (`plan_cache_mode = force_generic_plan`):
-    /// a plan made for the values of one batch is no better than the
-    /// generic one when the values are JSON lists the planner cannot see
-    /// into, and planning them afresh for every batch took a fifth of
-    /// PostgreSQL's CPU under load.
+    /// (the ingress's batches), on the connection one ingress lane keeps
+    /// (`lane`, PostgreSQL; see [`LaneConn`]) or, on SQLite, as
+    /// [`Db::begin`] does.
     ///
-    /// `locks` are advisory lock keys, `(class, key)`, taken in the same
-    /// round trip after the settings, in the order given (PostgreSQL; SQLite
-    /// needs none: its write lock serialises every transaction).
-    pub async fn begin_batch(&self, locks: &[(i32, i32)]) -> Result<Tx, sqlx::Error> {
-        match self {
-            Self::Sqlite(..) => self.begin().await,
-            Self::Postgres(pool) => {
-                let mut sql = String::from(
-                    "begin; set local enable_hashjoin = off; set local enable_mergejoin = off; \
-                     set local enable_seqscan = off; \
-                     set local plan_cache_mode = force_generic_plan",
-                );
-                if !locks.is_empty() {
-                    // Integers only: nothing here comes from a request as text.
-                    let pairs: Vec<String> =
-                        locks.iter().map(|(c, k)| format!("({c},{k})")).collect();
-                    sql.push_str(&format!(
-                        "; select count(pg_advisory_xact_lock(c, k)) \
-                         from (values {}) as l (c, k)",
-                        pairs.join(",")
-                    ));
+    /// A lane's connection has hash joins, merge joins and sequential scans
+    /// turned off for its whole session: the planner reckons every JSON
+    /// list at 100 rows, so on tables of up to some ten thousand rows it
+    /// hashed whole tables for lists of a dozen keys; with this every batch
+    /// statement walks the indexes, whatever the table sizes and
+    /// statistics. (A plan is cached with the settings it was made under.)
+    /// It also plans each statement once per connection (`plan_cache_mode =
+    /// force_generic_plan`): a plan made for the values of one batch is no
+    /// better than the generic one when the values are JSON lists the
+    /// planner cannot see into, and planning them afresh for every batch
+    /// took a fifth of PostgreSQL's CPU under load. Only batches run on
+    /// these connections, and they never go back to the pool.
+    ///
+    /// The transaction was usually begun by the previous batch's
+    /// [`Tx::finish_lane`] (`commit; begin` in one round trip), so this
+    /// costs no round trip under load; a new connection (settings and
+    /// `begin`) or one left idle ([`LaneConn::idle`]) costs one.
+    pub async fn begin_lane(&self, lane: &mut Option<LaneConn>) -> Result<Tx, sqlx::Error> {
+        let Self::Postgres(pool) = self else {
+            return self.begin().await;
+        };
+        use sqlx::Executor;
+        let mut conn = match lane.take() {
+            Some(conn) => conn,
+            None => {
+                let mut conn = pool.acquire().await?.detach();
+                conn.execute(
+                    "set enable_hashjoin = off; set enable_mergejoin = off; \
+                     set enable_seqscan = off; set plan_cache_mode = force_generic_plan",
+                )
+                .await?;
+                LaneConn {
+                    conn,
+                    open: false,
+                    idle_at: std::time::Instant::now(),
                 }
-                Ok(Tx::Postgres(
-                    pool.begin_with(sqlx::AssertSqlSafe(sql)).await?,
-                ))
             }
+        };
+        if !conn.open {
+            conn.conn.execute("begin").await?;
+            conn.open = true;
         }
+        Ok(Tx::Postgres(PgTx::Lane(conn)))
     }
 
     /// On SQLite, this process's turn to write (see [`WriteLock`]), to hold

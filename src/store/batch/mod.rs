@@ -2,9 +2,9 @@
 //! reads that fill a [`Snapshot`], and the set-based writes of the
 //! [`Writes`] that [`crate::domain::batch::plan`] decided.
 //!
-//! On PostgreSQL a batch first takes an advisory lock per user key (sorted,
-//! with its `begin`), then reads in one round trip (the function
-//! `batch_read`), which takes a lock per address the batch can send to
+//! On PostgreSQL a batch reads in one round trip, which first takes an
+//! advisory lock per user key (sorted), then calls the function
+//! `batch_read`, which takes a lock per address the batch can send to
 //! (sorted) before it counts the sends: always users before addresses and
 //! each in ascending order, so that batches of different processes cannot
 //! deadlock. On SQLite the transaction's write lock serialises everything.
@@ -20,13 +20,15 @@ pub use read::SendWindows;
 pub use tenants::TenantCache;
 pub use write::WriteCounts;
 
+use email2fa_workers::db::LaneConn;
 use email2fa_workers::with_tx;
 
 use super::{StoreResult, Tx};
 use rows::Dialect;
 
 /// The advisory lock class of user keys (the first half of the two-key
-/// form, so that these never meet anyone else's single-key locks).
+/// form, so that these never meet anyone else's single-key locks); the
+/// batch read takes them too (read.rs, `BATCH_READ`).
 const USER_LOCKS: i32 = 0x2FA0_0001;
 // The advisory lock class of recipient addresses is 0x2FA0_0002; the
 // function `batch_read` takes those locks (read.rs).
@@ -46,19 +48,24 @@ impl super::Store {
         matches!(self.db, super::Db::Postgres(_))
     }
 
-    /// Starts a batch's transaction ([`email2fa_workers::db::Db::begin_batch`])
-    /// holding the advisory locks of these user keys until it ends, taken
-    /// in ascending order in the same round trip (PostgreSQL).
-    pub async fn begin_batch(&self, user_keys: &[u32]) -> StoreResult<Tx> {
-        let locks: Vec<(i32, i32)> = if self.batches_lock() {
-            sorted_keys(user_keys)
-                .into_iter()
-                .map(|k| (USER_LOCKS, k))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Ok(self.db.begin_batch(&locks).await?)
+    /// Starts a batch's transaction on the lane's connection
+    /// ([`email2fa_workers::db::Db::begin_lane`]); the read takes the
+    /// users' locks ([`Store::read_batch`]).
+    pub async fn begin_batch(&self, lane: &mut Option<LaneConn>) -> StoreResult<Tx> {
+        Ok(self.db.begin_lane(lane).await?)
+    }
+
+    /// Commits a batch's transaction and, on a lane's connection, begins
+    /// the next one in the same round trip ([`Tx::finish_lane`]).
+    pub async fn commit_batch(&self, tx: Tx, lane: &mut Option<LaneConn>) -> StoreResult<()> {
+        *lane = tx.finish_lane(true).await?;
+        Ok(())
+    }
+
+    /// Rolls back a batch's transaction (a race, or nothing to write),
+    /// keeping the lane's connection when it answers.
+    pub async fn roll_back_batch(&self, tx: Tx, lane: &mut Option<LaneConn>) {
+        *lane = tx.finish_lane(false).await.ok().flatten();
     }
 
     /// Takes the advisory locks of these user keys until the transaction

@@ -192,15 +192,24 @@ static COUNTS: LazyLock<Sql> = LazyLock::new(|| {
 });
 
 /// PostgreSQL: everything [`Store::read_batch`] reads, the send counts
-/// included, in one round trip: the function `batch_read` (migration
-/// `20261208000001_batch_read.sql`) locks every address the batch can send
-/// to, then reads receipts, challenges, factors, security streaks, the
-/// sends of the batch's users and addresses within their windows, and the
-/// trusted devices of the trust tokens presented (`$4`, null when no login
-/// carries one). `$5` the addresses the webhooks name (enrollments'), as
-/// the limit compares them; `$6` and `$7` the windows' starts.
-const BATCH_READ: &str = "select * from batch_read($1::jsonb, $2::jsonb, $3::jsonb, $4::jsonb, \
-     $5::jsonb, $6, $7)";
+/// included, in one round trip. It first takes the advisory lock of each
+/// user key of the batch (`$2`, sorted; `$1` their class), then calls the
+/// function `batch_read` (migration `20261208000001_batch_read.sql`), which
+/// locks every address the batch can send to, then reads receipts,
+/// challenges, factors, security streaks, the sends of the batch's users
+/// and addresses within their windows, and the trusted devices of the
+/// trust tokens presented (`$6`, null when no login carries one). `$7` the
+/// addresses the webhooks name (enrollments'), as the limit compares
+/// them; `$8` and `$9` the windows' starts.
+///
+/// The call is lateral on the users' locks (one of its arguments depends
+/// on their count), so PostgreSQL takes every user lock before it runs the
+/// function, and the function's statements, each with a snapshot of its
+/// own, read after them.
+const BATCH_READ: &str = "select b.* \
+     from (select count(pg_advisory_xact_lock($1, k)) as users from unnest($2::int4[]) as k) l \
+     cross join lateral batch_read($3::jsonb, $4::jsonb, $5::jsonb, $6::jsonb, $7::jsonb, \
+          case when l.users >= 0 then $8::timestamptz end, $9) as b";
 
 fn prefixed(alias: &str, columns: &str) -> String {
     columns
@@ -267,8 +276,8 @@ pub struct SendWindows {
 
 impl Store {
     /// Reads everything a batch decides on. On PostgreSQL that is one
-    /// round trip ([`BATCH_READ`]) which also locks every address the
-    /// batch can send to and counts the sends of the batch's users and
+    /// round trip ([`BATCH_READ`]) which also locks the users of
+    /// `user_keys` and every address the batch can send to and counts the sends of the batch's users and
     /// addresses within `windows`; on SQLite (in-process, where a statement
     /// costs no round trip) one table at a time, without the counts
     /// ([`Store::read_send_counts`]).
@@ -276,11 +285,12 @@ impl Store {
         &self,
         tx: &mut Tx,
         items: &[&HotItem],
+        user_keys: &[u32],
         windows: SendWindows,
     ) -> StoreResult<Snapshot> {
         let lists = Lists::of(items);
         let read = match tx {
-            Tx::Postgres(conn) => read_at_once(conn, &lists, windows).await?,
+            Tx::Postgres(conn) => read_at_once(conn, &lists, user_keys, windows).await?,
             Tx::Sqlite(..) => read_one_by_one(tx, &lists).await?,
         };
         let mut snap = Snapshot {
@@ -531,10 +541,13 @@ struct Read {
 async fn read_at_once(
     conn: &mut sqlx::PgConnection,
     lists: &Lists,
+    user_keys: &[u32],
     windows: SendWindows,
 ) -> StoreResult<Read> {
     use sqlx::{FromRow, Row};
     let rows = sqlx::query(BATCH_READ)
+        .bind(super::USER_LOCKS)
+        .bind(super::sorted_keys(user_keys))
         .bind(&lists.receipts)
         .bind(&lists.named)
         .bind(&lists.starting)
