@@ -81,8 +81,7 @@ pub struct HttpSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestSettings {
-    /// Writer lanes (each holds at most one transaction); 0 picks 2 on
-    /// PostgreSQL and 1 on SQLite (one writer).
+    /// Writer lanes (each holds at most one transaction); 0 picks 1.
     pub lanes: usize,
     /// Most webhooks in one transaction.
     pub max_batch: usize,

@@ -18,6 +18,9 @@ macro_rules! lingering_on_every_queue {
         mod $name {
             fn linger(settings: &mut email2fa::settings::Settings) {
                 settings.ingest.linger_us = 100_000;
+                // Two lanes (the default is one), so that the webhooks of
+                // a burst also meet across lanes.
+                settings.ingest.lanes = 2;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
