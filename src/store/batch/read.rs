@@ -67,69 +67,69 @@ struct Since<'a> {
     since: Timestamp,
 }
 
-static RECEIPTS: LazyLock<Sql> = LazyLock::new(|| {
-    Sql::new(|d| {
-        format!(
-            "select r.tenant_id, r.webhook_id, r.body_sha256, r.status as receipt_status, r.answer_sealed \
-             from {} cross join webhook_receipts r \
-             where r.tenant_id = x.tenant_id and r.webhook_id = x.id",
-            source(d, 1, "x", &PAIR)
-        )
-    })
+// SQLite's reads, one statement per table ([`read_one_by_one`],
+// [`Store::read_send_counts`]); PostgreSQL reads a batch with
+// [`BATCH_READ`]. Settings and providers (the tenant cache's misses) are
+// read the same way on both.
+
+static RECEIPTS: LazyLock<String> = LazyLock::new(|| {
+    let d = Dialect::Sqlite;
+    format!(
+        "select r.tenant_id, r.webhook_id, r.body_sha256, r.status as receipt_status, r.answer_sealed \
+         from {} cross join webhook_receipts r \
+         where r.tenant_id = x.tenant_id and r.webhook_id = x.id",
+        source(d, 1, "x", &PAIR)
+    )
 });
 
-static CHALLENGES: LazyLock<Sql> = LazyLock::new(|| {
-    Sql::new(|d| {
-        let columns = prefixed("c", challenges::COLUMNS);
-        format!(
-            "select {columns} from {} cross join challenges c \
-                where c.tenant_id = x.tenant_id and c.id = x.id \
-             union \
-             select {columns} from {} cross join challenges c \
-                where c.tenant_id = y.tenant_id and c.user_id = y.id and c.status = 'pending'",
-            source(d, 1, "x", &PAIR),
-            source(d, 2, "y", &PAIR)
-        )
-    })
+static CHALLENGES: LazyLock<String> = LazyLock::new(|| {
+    let d = Dialect::Sqlite;
+    let columns = prefixed("c", challenges::COLUMNS);
+    format!(
+        "select {columns} from {} cross join challenges c \
+            where c.tenant_id = x.tenant_id and c.id = x.id \
+         union \
+         select {columns} from {} cross join challenges c \
+            where c.tenant_id = y.tenant_id and c.user_id = y.id and c.status = 'pending'",
+        source(d, 1, "x", &PAIR),
+        source(d, 2, "y", &PAIR)
+    )
 });
 
-static FACTORS: LazyLock<Sql> = LazyLock::new(|| {
-    Sql::new(|d| {
-        format!(
-            "select {} from {} cross join factors f \
-             where f.tenant_id = x.tenant_id and f.user_id = x.id \
-             order by f.tenant_id, f.user_id, f.created_at, f.id",
-            prefixed("f", crate::store::factors::FACTOR_COLUMNS),
-            source(d, 1, "x", &PAIR)
-        )
-    })
+static FACTORS: LazyLock<String> = LazyLock::new(|| {
+    let d = Dialect::Sqlite;
+    format!(
+        "select {} from {} cross join factors f \
+         where f.tenant_id = x.tenant_id and f.user_id = x.id \
+         order by f.tenant_id, f.user_id, f.created_at, f.id",
+        prefixed("f", crate::store::factors::FACTOR_COLUMNS),
+        source(d, 1, "x", &PAIR)
+    )
 });
 
-static SECURITY: LazyLock<Sql> = LazyLock::new(|| {
-    Sql::new(|d| {
-        format!(
-            "select s.tenant_id, s.user_id, s.consecutive_failures, s.last_failure_at \
-             from {} cross join user_security s \
-             where s.tenant_id = x.tenant_id and s.user_id = x.id",
-            source(d, 1, "x", &PAIR)
-        )
-    })
+static SECURITY: LazyLock<String> = LazyLock::new(|| {
+    let d = Dialect::Sqlite;
+    format!(
+        "select s.tenant_id, s.user_id, s.consecutive_failures, s.last_failure_at \
+         from {} cross join user_security s \
+         where s.tenant_id = x.tenant_id and s.user_id = x.id",
+        source(d, 1, "x", &PAIR)
+    )
 });
 
-static DEVICES: LazyLock<Sql> = LazyLock::new(|| {
-    Sql::new(|d| {
-        format!(
-            "select {} from {} cross join trusted_devices t \
-             where t.tenant_id = x.tenant_id and t.token_hash = x.token_hash",
-            prefixed("t", crate::store::factors::DEVICE_COLUMNS),
-            source(
-                d,
-                1,
-                "x",
-                &[("tenant_id", Ty::Text), ("token_hash", Ty::Hex)]
-            )
+static DEVICES: LazyLock<String> = LazyLock::new(|| {
+    let d = Dialect::Sqlite;
+    format!(
+        "select {} from {} cross join trusted_devices t \
+         where t.tenant_id = x.tenant_id and t.token_hash = x.token_hash",
+        prefixed("t", crate::store::factors::DEVICE_COLUMNS),
+        source(
+            d,
+            1,
+            "x",
+            &[("tenant_id", Ty::Text), ("token_hash", Ty::Hex)]
         )
-    })
+    )
 });
 
 static SETTINGS: LazyLock<Sql> = LazyLock::new(|| {
@@ -154,41 +154,36 @@ static PROVIDERS: LazyLock<Sql> = LazyLock::new(|| {
     })
 });
 
-/// The code sends of users and to addresses within their windows, an
-/// address compared with ASCII letters lowercased (as
-/// [`email2fa_workers::address::limit_key`] gives it; the index
+/// SQLite: the code sends of users and to addresses within their windows,
+/// an address compared with ASCII letters lowercased (SQLite's `lower`,
+/// as [`email2fa_workers::address::limit_key`] gives it; the index
 /// `deliveries_by_recipient_ci` holds the same expression). An
 /// operator's resend of a dead letter (`resent_from` set) is not counted:
 /// the user never received the dead email and did not ask again.
-static COUNTS: LazyLock<Sql> = LazyLock::new(|| {
-    Sql::new(|d| {
-        let columns = [
-            ("tenant_id", Ty::Text),
-            ("id", Ty::Text),
-            ("since", Ty::Time),
-        ];
-        format!(
-            "select 'user' as scope, x.tenant_id, x.id, count(d.id) as sends, \
-                    min(d.created_at) as oldest \
-             from {} left join deliveries d on d.tenant_id = x.tenant_id and d.user_id = x.id \
-                and d.created_at > x.since and d.kind in ('enrollment_code', 'login_code') \
-                and d.resent_from is null \
-             group by x.tenant_id, x.id \
-             union all \
-             select 'recipient', y.tenant_id, y.id, count(d.id), min(d.created_at) \
-             from {} left join deliveries d on d.tenant_id = y.tenant_id \
-                and lower(d.recipient{c}) = y.id \
-                and d.created_at > y.since and d.kind in ('enrollment_code', 'login_code') \
-                and d.resent_from is null \
-             group by y.tenant_id, y.id",
-            source(d, 1, "x", &columns),
-            source(d, 2, "y", &columns),
-            c = match d {
-                Dialect::Postgres => " collate \"C\"",
-                Dialect::Sqlite => "",
-            },
-        )
-    })
+static COUNTS: LazyLock<String> = LazyLock::new(|| {
+    let d = Dialect::Sqlite;
+    let columns = [
+        ("tenant_id", Ty::Text),
+        ("id", Ty::Text),
+        ("since", Ty::Time),
+    ];
+    format!(
+        "select 'user' as scope, x.tenant_id, x.id, count(d.id) as sends, \
+                min(d.created_at) as oldest \
+         from {} left join deliveries d on d.tenant_id = x.tenant_id and d.user_id = x.id \
+            and d.created_at > x.since and d.kind in ('enrollment_code', 'login_code') \
+            and d.resent_from is null \
+         group by x.tenant_id, x.id \
+         union all \
+         select 'recipient', y.tenant_id, y.id, count(d.id), min(d.created_at) \
+         from {} left join deliveries d on d.tenant_id = y.tenant_id \
+            and lower(d.recipient) = y.id \
+            and d.created_at > y.since and d.kind in ('enrollment_code', 'login_code') \
+            and d.resent_from is null \
+         group by y.tenant_id, y.id",
+        source(d, 1, "x", &columns),
+        source(d, 2, "y", &columns),
+    )
 });
 
 /// PostgreSQL: everything [`Store::read_batch`] reads, the send counts
@@ -427,7 +422,7 @@ impl Store {
         };
         let counts: Vec<CountRow> = fetch_rows(
             tx,
-            COUNTS.get(dialect(tx)),
+            &COUNTS,
             vec![since(users, user_since), since(recipients, recipient_since)],
         )
         .await?;
@@ -591,11 +586,10 @@ async fn read_at_once(
 /// SQLite: one statement per table, the users' after the challenges'
 /// (whose owners they include).
 async fn read_one_by_one(tx: &mut Tx, lists: &Lists) -> StoreResult<Read> {
-    let d = dialect(tx);
-    let receipts = fetch_rows(tx, RECEIPTS.get(d), vec![lists.receipts.clone()]).await?;
+    let receipts = fetch_rows(tx, &RECEIPTS, vec![lists.receipts.clone()]).await?;
     let challenges: Vec<Challenge> = fetch_rows(
         tx,
-        CHALLENGES.get(d),
+        &CHALLENGES,
         vec![lists.named.clone(), lists.starting.clone()],
     )
     .await?;
@@ -617,10 +611,10 @@ async fn read_one_by_one(tx: &mut Tx, lists: &Lists) -> StoreResult<Read> {
         })
         .collect();
     let user_list = rows::array(&user_pairs);
-    let factors = fetch_rows(tx, FACTORS.get(d), vec![user_list.clone()]).await?;
-    let security = fetch_rows(tx, SECURITY.get(d), vec![user_list]).await?;
+    let factors = fetch_rows(tx, &FACTORS, vec![user_list.clone()]).await?;
+    let security = fetch_rows(tx, &SECURITY, vec![user_list]).await?;
     let devices = if lists.any_token {
-        fetch_rows(tx, DEVICES.get(d), vec![lists.tokens.clone()]).await?
+        fetch_rows(tx, &DEVICES, vec![lists.tokens.clone()]).await?
     } else {
         Vec::new()
     };
