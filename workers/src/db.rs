@@ -189,6 +189,9 @@ impl LaneConn {
         }
         let ended = self.conn.execute("rollback").await.is_ok();
         self.open = !ended;
+        if ended {
+            self.idle_at = std::time::Instant::now();
+        }
         ended
     }
 }
