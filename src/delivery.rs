@@ -108,11 +108,9 @@ impl ServiceSource {
             product_name,
             user_name: d.user_name.clone(),
             email: d.recipient.clone(),
-            role: if d.role == "admin" {
-                Role::Admin
-            } else {
-                Role::Customer
-            },
+            // The ingress stores only these two; anything else reads as a
+            // customer, the plainer wording.
+            role: d.role.parse().unwrap_or(Role::Customer),
             code: None,
             code_ttl_minutes: None,
             removed_at: None,

@@ -4,25 +4,7 @@ use serde::Deserialize;
 
 use super::validation::{Checks, FieldError};
 
-/// Whose account it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// An administrator of the admin console.
-    Admin,
-    /// A customer of the shop.
-    Customer,
-}
-
-impl Role {
-    /// The stored name.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::Customer => "customer",
-        }
-    }
-}
+pub use email2fa_workers::render::Role;
 
 /// The `user` object of the contract.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]

@@ -7,18 +7,23 @@ use serde_json::{Map, Value};
 
 use super::{MessageKind, RenderError};
 
-/// Whose account a mail is about; templates word admin mails differently.
+// The one definition for the whole service: the contract's `user.role`
+// (its doc line is the OpenAPI description), the stored `role` columns, and
+// how templates word a mail (admin mails differ).
+/// Whose account it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// A staff account of the host platform.
+    /// An administrator of the admin console.
     Admin,
-    /// A shopper's account.
+    /// A customer of the shop.
     Customer,
 }
 
 impl Role {
-    /// The value templates compare against: `"admin"` or `"customer"`.
+    /// The stored name, and the value templates compare against:
+    /// `"admin"` or `"customer"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Admin => "admin",
@@ -26,6 +31,24 @@ impl Role {
         }
     }
 }
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+
+    /// The role of a stored name.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "admin" => Ok(Self::Admin),
+            "customer" => Ok(Self::Customer),
+            _ => Err(UnknownRole),
+        }
+    }
+}
+
+/// A stored role that is neither `admin` nor `customer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the role is neither admin nor customer")]
+pub struct UnknownRole;
 
 /// The values a template sees: exactly the variables documented in
 /// `templates/README.md`.
@@ -149,6 +172,17 @@ impl fmt::Debug for Rendered {
 mod tests {
     use super::*;
     use crate::render::fixtures::{CODE, context};
+
+    #[test]
+    fn a_role_reads_back_from_its_stored_name_and_json() {
+        for role in [Role::Admin, Role::Customer] {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+            let json = serde_json::to_value(role).expect("serializes");
+            assert_eq!(json, role.as_str());
+        }
+        assert_eq!("Admin".parse::<Role>(), Err(UnknownRole));
+        assert_eq!("".parse::<Role>(), Err(UnknownRole));
+    }
 
     #[test]
     fn each_kind_sees_exactly_its_documented_variables() {

@@ -19,7 +19,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use context::{Rendered, Role, TemplateContext};
+pub use context::{Rendered, Role, TemplateContext, UnknownRole};
 pub use locale::locale_chain;
 pub use message::build_message;
 pub use templates::Renderer;
