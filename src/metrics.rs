@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use email2fa_workers::db::{Db, Timestamp};
+use email2fa_db::{Db, Timestamp};
 use email2fa_workers::stats;
 
 /// Records the size of one ingress batch (webhooks per transaction).

@@ -303,7 +303,7 @@ async fn a_batch_that_cannot_commit_answers_503_for_every_webhook_and_writes_not
         assert_eq!(*status, 503, "{answers:?}");
         assert_eq!(body["code"], "unavailable");
     }
-    let counts: Vec<i64> = email2fa_workers::with_db!(observer.db(), pool => {
+    let counts: Vec<i64> = email2fa_db::with_db!(observer.db(), pool => {
         let mut counts = Vec::new();
         for sql in ["select count(*) from challenges", "select count(*) from deliveries",
                     "select count(*) from webhook_receipts where event_type = 'enrollment.started'"] {

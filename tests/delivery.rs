@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{TestApp, code_in};
-use email2fa_workers::sink::Fault;
+use email2fa_testkit::sink::Fault;
 use serde_json::json;
 
 async fn ready(app: &TestApp) {
@@ -28,7 +28,7 @@ async fn start_enrollment(app: &TestApp, user: &str) -> (String, String) {
 }
 
 async fn attempts_and_status(app: &TestApp, delivery: &str) -> (i32, String) {
-    email2fa_workers::with_db!(app.store.db(), pool => sqlx::query_as(
+    email2fa_db::with_db!(app.store.db(), pool => sqlx::query_as(
         "select attempts, status from deliveries where id = $1").bind(delivery).fetch_one(pool).await.expect("row"))
 }
 
@@ -86,7 +86,7 @@ async fn a_message_refused_twice_with_451_arrives_on_the_third_attempt(app: Test
         )
         .await;
     assert_eq!(verified.json()["outcome"], "verified");
-    let reply: (Option<String>, Option<String>) = email2fa_workers::with_db!(app.store.db(), pool => sqlx::query_as(
+    let reply: (Option<String>, Option<String>) = email2fa_db::with_db!(app.store.db(), pool => sqlx::query_as(
         "select smtp_reply, message_id from deliveries where id = $1").bind(&delivery).fetch_one(pool).await.expect("row"));
     assert!(reply.0.expect("reply").starts_with("250"));
     assert!(reply.1.expect("message id").contains("@acme.example"));
@@ -99,7 +99,7 @@ async fn a_550_goes_straight_to_the_dead_letters(app: TestApp) {
     assert_eq!(app.wait_delivery(&delivery, "dead").await, "dead");
     let (attempts, _) = attempts_and_status(&app, &delivery).await;
     assert_eq!(attempts, 1);
-    let letter: (String, i32, Option<String>, String) = email2fa_workers::with_db!(app.store.db(), pool => sqlx::query_as(
+    let letter: (String, i32, Option<String>, String) = email2fa_db::with_db!(app.store.db(), pool => sqlx::query_as(
         "select reason, attempts, last_error, recipient from dead_letters where delivery_id = $1")
         .bind(&delivery).fetch_one(pool).await.expect("dead letter"));
     assert_eq!(letter.0, "rejected");
@@ -165,7 +165,7 @@ async fn a_changed_provider_takes_effect_for_the_next_email(app: TestApp) {
     ready(&app).await;
     let (_, first) = start_enrollment(&app, "u1").await;
     assert_eq!(app.wait_delivery(&first, "sent").await, "sent");
-    let other = email2fa_workers::sink::SmtpSink::start()
+    let other = email2fa_testkit::sink::SmtpSink::start()
         .await
         .expect("sink");
     let moved = app
@@ -190,7 +190,7 @@ async fn rejected_credentials_wait_the_longest_delay_instead_of_burning_attempts
     assert_eq!(upsert.status, 200);
     let (_, delivery) = start_enrollment(&app, "u1").await;
     assert_eq!(app.wait_delivery(&delivery, "retrying").await, "retrying");
-    let (next, error): (email2fa::store::Timestamp, Option<String>) = email2fa_workers::with_db!(app.store.db(), pool => sqlx::query_as(
+    let (next, error): (email2fa::store::Timestamp, Option<String>) = email2fa_db::with_db!(app.store.db(), pool => sqlx::query_as(
         "select next_attempt_at, last_error from deliveries where id = $1").bind(&delivery).fetch_one(pool).await.expect("row"));
     assert!(error.expect("error").contains("535"));
     let wait = next.unix_seconds() - email2fa::store::Timestamp::now().unix_seconds();
@@ -219,7 +219,7 @@ async fn rejected_credentials_wait_the_longest_delay_instead_of_burning_attempts
 /// verifies.
 async fn a_retry_after_its_provider_was_deleted_goes_through_the_tenants_first(app: TestApp) {
     ready(&app).await;
-    let other = email2fa_workers::sink::SmtpSink::start()
+    let other = email2fa_testkit::sink::SmtpSink::start()
         .await
         .expect("sink");
     let p2 = app
@@ -274,7 +274,7 @@ async fn an_email_whose_challenge_was_replaced_while_it_waited_is_discarded(app:
 async fn send_again_as_after_a_crash(app: &TestApp, delivery: &str, recipient: &str, n: usize) {
     assert_eq!(app.wait_delivery(delivery, "sent").await, "sent");
     let expired = email2fa::store::Timestamp::now().plus_seconds(-1);
-    email2fa_workers::with_db!(app.store.db(), pool => sqlx::query(
+    email2fa_db::with_db!(app.store.db(), pool => sqlx::query(
         "update deliveries set status = 'sending', lease_until = $2 where id = $1")
         .bind(delivery).bind(expired).execute(pool).await.map(drop).expect("update"));
     let job = email2fa_workers::queue::EmailJob {

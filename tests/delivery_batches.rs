@@ -167,7 +167,7 @@ async fn a_sent_delivery_is_never_claimed_again(app: TestApp) {
         .await
         .expect("statuses");
     assert!(statuses.values().all(|s| s == "sent"), "{statuses:?}");
-    let replies: i64 = email2fa_workers::with_db!(app.store.db(), pool => sqlx::query_scalar(
+    let replies: i64 = email2fa_db::with_db!(app.store.db(), pool => sqlx::query_scalar(
         "select count(*) from deliveries where smtp_reply = '250 OK' and sent_at is not null \
             and lease_until is null").fetch_one(pool).await.expect("count"));
     assert_eq!(replies, 5);
@@ -231,7 +231,7 @@ async fn a_code_is_stored_only_for_the_challenges_current_send(app: TestApp) {
         .await
         .expect("store");
     assert_eq!(stored, HashSet::from([sends[0].1.clone()]));
-    let hashes: i64 = email2fa_workers::with_db!(app.store.db(), pool => sqlx::query_scalar(
+    let hashes: i64 = email2fa_db::with_db!(app.store.db(), pool => sqlx::query_scalar(
         "select count(*) from challenges where code_hash is not null").fetch_one(pool).await.expect("count"));
     assert_eq!(hashes, 1, "only the current send's code is stored");
 }
@@ -294,7 +294,7 @@ async fn a_job_pushed_twice_sends_its_email_once(app: TestApp) {
 async fn wait_all_sent(app: &TestApp, count: i64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let sent: i64 = email2fa_workers::with_db!(app.store.db(), pool => sqlx::query_scalar(
+        let sent: i64 = email2fa_db::with_db!(app.store.db(), pool => sqlx::query_scalar(
             "select count(*) from deliveries where status = 'sent'").fetch_one(pool).await.expect("count"));
         if sent == count {
             return;
@@ -313,7 +313,7 @@ async fn wait_all_sent(app: &TestApp, count: i64) {
 async fn sqlite_claims_a_batch_by_the_deliveries_ids() {
     let app = ingress_only(TestApp::sqlite()).await;
     queued_deliveries(&app, 50).await;
-    let email2fa_workers::db::Db::Sqlite(pool, _) = app.store.db() else {
+    let email2fa_db::Db::Sqlite(pool, _) = app.store.db() else {
         unreachable!("an SQLite app");
     };
     let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -350,7 +350,7 @@ async fn postgres_claims_a_batch_by_the_deliveries_ids_without_statistics() {
         return;
     };
     queued_deliveries(&app, 2000).await;
-    let email2fa_workers::db::Db::Postgres(pool) = app.store.db() else {
+    let email2fa_db::Db::Postgres(pool) = app.store.db() else {
         unreachable!("a PostgreSQL app");
     };
     let mut conn = pool.acquire().await.expect("connection");

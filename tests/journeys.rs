@@ -205,7 +205,7 @@ async fn an_admin_enrolls_with_the_account_address(app: TestApp) {
         .json();
     assert_eq!(trusted["reason"], "trusted_device");
     // Once the trust expires, the browser gets a code again.
-    email2fa_workers::with_db!(app.store.db(), pool => sqlx::query("update trusted_devices set expires_at = $1")
+    email2fa_db::with_db!(app.store.db(), pool => sqlx::query("update trusted_devices set expires_at = $1")
         .bind(email2fa::store::Timestamp::now().plus_seconds(-1)).execute(pool).await.map(drop)).expect("expire");
     let expired = app
         .post_signed(

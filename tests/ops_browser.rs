@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::TestApp;
-use email2fa_workers::sink::Fault;
+use email2fa_testkit::sink::Fault;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 

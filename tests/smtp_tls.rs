@@ -22,7 +22,7 @@ use common::TestApp;
 use common::ops::{dead_letters, ops};
 use common::postfix::{Postfix, USER};
 use email2fa::settings::Settings;
-use email2fa_workers::sink::Fault;
+use email2fa_testkit::sink::Fault;
 use mail_parser::MessageParser;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -102,7 +102,7 @@ async fn enroll(app: &TestApp, user: &str) -> String {
 
 /// `status`, `attempts`, `last_error` of a delivery.
 async fn delivery(app: &TestApp, id: &str) -> (String, i32, Option<String>) {
-    email2fa_workers::with_db!(app.store.db(), pool => sqlx::query_as(
+    email2fa_db::with_db!(app.store.db(), pool => sqlx::query_as(
         "select status, attempts, last_error from deliveries where id = $1")
         .bind(id).fetch_one(pool).await.expect("row"))
 }
@@ -150,7 +150,7 @@ async fn assert_password_kept(app: &TestApp, password: &str) {
         !logs().contains(password),
         "the password reached a log line"
     );
-    let errors: Vec<(Option<String>,)> = email2fa_workers::with_db!(app.store.db(), pool =>
+    let errors: Vec<(Option<String>,)> = email2fa_db::with_db!(app.store.db(), pool =>
         sqlx::query_as("select last_error from deliveries union all select last_error from dead_letters")
             .fetch_all(pool).await.expect("errors"));
     for (error,) in errors {

@@ -553,7 +553,7 @@ async fn smtp_passwords_are_write_only_and_sealed(app: TestApp) {
             .status,
         200
     );
-    let sealed: Vec<u8> = email2fa_workers::with_db!(app.store.db(), pool => {
+    let sealed: Vec<u8> = email2fa_db::with_db!(app.store.db(), pool => {
         let (v,): (Vec<u8>,) = sqlx::query_as("select smtp_password_sealed from service_providers")
             .fetch_one(pool).await.expect("row");
         v
@@ -911,7 +911,7 @@ async fn an_unreachable_database_answers_503_and_writes_nothing(app: TestApp) {
             .code_length,
         6
     );
-    let receipts: i64 = email2fa_workers::with_db!(observer.db(), pool => {
+    let receipts: i64 = email2fa_db::with_db!(observer.db(), pool => {
         let (n,): (i64,) = sqlx::query_as("select count(*) from webhook_receipts").fetch_one(pool).await.expect("count");
         n
     });

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use email2fa::signature::{SignatureHeaders, verify};
-use email2fa_workers::sink::SmtpSink;
+use email2fa_testkit::sink::SmtpSink;
 
 use crate::cli::Config;
 use crate::client::get_status;

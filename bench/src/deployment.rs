@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use base64::Engine;
-use email2fa_workers::sink::SmtpSink;
+use email2fa_testkit::sink::SmtpSink;
 
 use crate::cleanup::{Action, Cleanup};
 use crate::client::{Connection, get_status};
@@ -297,10 +297,7 @@ async fn create_database(env: &Env, name: &str) -> anyhow::Result<String> {
         admin_url: env.database_url.clone(),
         name: name.to_string(),
     });
-    Ok(email2fa_workers::db::with_database_name(
-        &env.database_url,
-        name,
-    ))
+    Ok(email2fa_db::with_database_name(&env.database_url, name))
 }
 
 /// A URL without its password.

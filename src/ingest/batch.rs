@@ -9,7 +9,7 @@
 //! Redis, the jobs are pushed meanwhile; with the queue in the database,
 //! apalis's insert follows); `commit; begin`.
 
-use email2fa_workers::db::LaneConn;
+use email2fa_db::LaneConn;
 use email2fa_workers::queue::QueueError;
 
 use super::{IngestError, Job, Shared};

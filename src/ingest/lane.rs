@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use email2fa_workers::db::LaneConn;
+use email2fa_db::LaneConn;
 
 use super::batch::{BatchError, run_batch};
 use super::{Answer, IngestError, Job, Shared, lane_of};

@@ -5,7 +5,7 @@
 //! delivery engine stores its codes' hashes in batches
 //! ([`Store::store_minted_codes`]).
 
-use email2fa_workers::with_tx;
+use email2fa_db::with_tx;
 
 use super::{Store, StoreResult, Timestamp, Tx};
 

@@ -1,6 +1,6 @@
 //! Factors (a user's enrolled email address) and trusted devices.
 
-use email2fa_workers::with_tx;
+use email2fa_db::with_tx;
 
 use super::{Store, StoreResult, Timestamp, Tx};
 

@@ -17,7 +17,7 @@ mod tenant_settings;
 mod tenants;
 
 pub use challenges::Challenge;
-pub use email2fa_workers::db::{Db, PoolConfig, Timestamp, Tx};
+pub use email2fa_db::{Db, PoolConfig, Timestamp, Tx};
 pub use factors::{Factor, TrustedDevice};
 pub use minted_codes::MintedCode;
 pub use providers::{SecondaryAuthProviderRow, ServiceProviderRow};
@@ -27,7 +27,7 @@ pub use tenant_settings::TenantSettings;
 pub use tenants::{KEY_CACHE_TTL, KeyCache, TenantSecretInfo, TenantSummary, TenantWithKeys};
 
 use crate::crypto::{KeyedHasher, MasterKey, SecretBox, SecretBoxError};
-use email2fa_workers::db::{self, PG_SCHEMA};
+use email2fa_db::{self as db, PG_SCHEMA};
 
 /// What can go wrong in the store, in domain words.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,7 @@
 //! the Services Manager. SMTP passwords are sealed; they leave this module
 //! only as "is one set" or, for the delivery engine, opened in memory.
 
-use email2fa_workers::{with_db, with_tx};
+use email2fa_db::{with_db, with_tx};
 
 use super::{Store, StoreError, StoreResult, Timestamp, Tx};
 

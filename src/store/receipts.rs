@@ -6,7 +6,7 @@
 //! (then executes itself); on SQLite the write lock serializes them. Either
 //! way an event runs once.
 
-use email2fa_workers::{with_db, with_tx};
+use email2fa_db::{with_db, with_tx};
 
 use super::{Store, StoreResult, Timestamp, Tx};
 

@@ -2,7 +2,7 @@
 //! events). The batched webhooks write theirs with the batch
 //! ([`super::batch`]).
 
-use email2fa_workers::with_tx;
+use email2fa_db::with_tx;
 use ulid::Ulid;
 
 use super::{Store, StoreResult, Timestamp, Tx};

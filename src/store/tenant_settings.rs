@@ -1,6 +1,6 @@
 //! The Services Manager's 2FA settings of a tenant.
 
-use email2fa_workers::{with_db, with_tx};
+use email2fa_db::{with_db, with_tx};
 use serde::Serialize;
 
 use super::{Store, StoreError, StoreResult, Timestamp, Tx};

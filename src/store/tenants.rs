@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use email2fa_workers::{with_db, with_tx};
+use email2fa_db::{with_db, with_tx};
 use ulid::Ulid;
 
 use super::{Store, StoreError, StoreResult, TenantSettings, Timestamp};

@@ -20,8 +20,8 @@ use secrecy::SecretString;
 use serde_json::Value;
 use std::time::Duration;
 
+pub use email2fa_testkit::sink::{ReceivedMessage, SmtpSink};
 use email2fa_workers::queue::Queue;
-pub use email2fa_workers::sink::{ReceivedMessage, SmtpSink};
 
 tokio::task_local! {
     /// False inside [`ingress_only`]: the app runs without in-process workers.
@@ -268,7 +268,7 @@ async fn postgres_database_quiet() -> Option<(String, String, String)> {
     postgres_database().await
 }
 
-pub use email2fa_workers::db::with_database_name;
+pub use email2fa_db::with_database_name;
 
 impl TestApp {
     pub async fn sqlite() -> Self {
@@ -609,7 +609,7 @@ impl TestApp {
 
     /// A count from the database, for asserting what was (not) written.
     pub async fn count(&self, sql: &'static str) -> i64 {
-        email2fa_workers::with_db!(self.store.db(), pool => {
+        email2fa_db::with_db!(self.store.db(), pool => {
             let (n,): (i64,) = sqlx::query_as(sql).fetch_one(pool).await.expect("count");
             n
         })
@@ -642,7 +642,7 @@ impl Drop for TestApp {
 pub async fn everything_stored(app: &TestApp) -> String {
     let mut out = String::new();
     match app.store.db() {
-        email2fa_workers::db::Db::Sqlite(pool, _) => {
+        email2fa_db::Db::Sqlite(pool, _) => {
             let _ = sqlx::query("pragma wal_checkpoint(passive)")
                 .execute(pool)
                 .await;
@@ -658,7 +658,7 @@ pub async fn everything_stored(app: &TestApp) -> String {
                 }
             }
         }
-        email2fa_workers::db::Db::Postgres(pool) => {
+        email2fa_db::Db::Postgres(pool) => {
             let tables: Vec<(String,)> = sqlx::query_as(
                 "select table_schema || '.' || table_name from information_schema.tables \
                  where table_schema in ('email2fa', 'apalis') and table_type = 'BASE TABLE'",

@@ -6,9 +6,9 @@
 //! The engine writes letters ([`crate::deliveries::mark_dead`]); the service's
 //! operations API reads and resolves them through the functions here.
 
-use crate::db::{Db, Timestamp, Tx};
 use crate::deliveries::Delivery;
-use crate::{with_db, with_tx};
+use email2fa_db::{Db, Timestamp, Tx};
+use email2fa_db::{with_db, with_tx};
 
 /// Why a delivery gave up: the `reason` column of `dead_letters`, and of
 /// `GET /ops/dead-letters` and `email2fa dlq list`.

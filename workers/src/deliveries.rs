@@ -12,9 +12,9 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row};
 
-use crate::db::{Db, Timestamp, Tx};
 use crate::dead_letters::DeadLetterReason;
-use crate::{with_db, with_tx};
+use email2fa_db::{Db, Timestamp, Tx};
+use email2fa_db::{with_db, with_tx};
 
 /// What the ingress asks the engine to send.
 #[derive(Debug, Clone)]

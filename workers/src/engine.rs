@@ -41,7 +41,6 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 
 use crate::batcher::Batcher;
-use crate::db::{Db, Timestamp};
 use crate::dead_letters::{DeadLetterReason, replace_ignoring_case};
 use crate::deliveries::{self, BatchClaim, Delivery, SentRecord};
 use crate::health::{ProviderHealth, ProviderProblem, UnhealthyProvider};
@@ -49,6 +48,7 @@ use crate::leases::Leases;
 use crate::queue::{EmailJob, Queue};
 use crate::render::{MessageKind, Renderer, TemplateContext, build_message};
 use crate::transport::{SendError, SmtpProvider, Transports};
+use email2fa_db::{Db, Timestamp};
 
 /// What the service hands the engine for one delivery.
 pub struct Prepared {
@@ -787,7 +787,7 @@ where
         match statement().await {
             // A closed pool (the process is stopping) does not come back.
             Err(error)
-                if crate::db::is_unavailable(&error)
+                if email2fa_db::is_unavailable(&error)
                     && !matches!(error, sqlx::Error::PoolClosed)
                     && tokio::time::Instant::now() + pause < deadline =>
             {

@@ -3,8 +3,8 @@
 //! the engine). All reads by
 //! primary key; no code, password or token is among the columns.
 
-use crate::db::{Db, Timestamp};
-use crate::with_db;
+use email2fa_db::with_db;
+use email2fa_db::{Db, Timestamp};
 
 /// A delivery with what the detail view shows of it.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -16,8 +16,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use crate::db::{Db, Timestamp};
 use crate::deliveries;
+use email2fa_db::{Db, Timestamp};
 
 /// The deliveries this process holds a lease on.
 #[derive(Default)]

@@ -4,17 +4,13 @@
 //! The queue ([`queue`]) carries email jobs (a delivery id each) over
 //! apalis on SQLite, PostgreSQL or Redis, and runs the workers.
 //!
-//! It also owns the database plumbing that the service and the engine share
-//! ([`db`]): the pool over SQLite or PostgreSQL and the timestamp type both
-//! backends store the same way. The service depends on this crate, never the
+//! The database plumbing it shares with the service (the pool over SQLite or
+//! PostgreSQL, transactions, the timestamp both backends store the same way)
+//! is the crate `email2fa-db`. The service depends on this crate, never the
 //! reverse.
-//!
-//! [`sink`] is an in-memory SMTP server for the end-to-end tests and the
-//! benchmark; it is a test and benchmark tool, not part of the delivery path.
 
 pub mod address;
 mod batcher;
-pub mod db;
 pub mod dead_letters;
 pub mod deliveries;
 pub mod engine;
@@ -25,7 +21,6 @@ pub mod metrics;
 pub mod queue;
 pub mod render;
 pub mod retrying;
-pub mod sink;
 pub mod stats;
 pub mod transport;
 pub mod trust;

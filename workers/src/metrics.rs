@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use crate::db::Timestamp;
 use crate::dead_letters::DeadLetterReason;
 use crate::engine::Outcome;
 use crate::transport::SendError;
+use email2fa_db::Timestamp;
 
 /// Counts a finished attempt by its outcome (`email2fa_deliveries_total`).
 pub fn outcome(outcome: &Outcome) {

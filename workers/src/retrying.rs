@@ -6,8 +6,8 @@
 //! of its own on the hot table. The provider's SMTP host is the service's
 //! to add (its tables), like every other provider detail.
 
-use crate::db::{Db, Timestamp, Tx};
-use crate::{with_db, with_tx};
+use email2fa_db::{Db, Timestamp, Tx};
+use email2fa_db::{with_db, with_tx};
 
 /// A delivery in backoff.
 #[derive(Debug, Clone, sqlx::FromRow)]

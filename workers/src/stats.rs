@@ -7,8 +7,8 @@
 //! only place where the two query texts differ): PostgreSQL has `extract`,
 //! SQLite stores fixed-width RFC 3339 text that `strftime('%s')` reads.
 
-use crate::db::{Db, Timestamp};
-use crate::with_db;
+use email2fa_db::with_db;
+use email2fa_db::{Db, Timestamp};
 
 /// The counts of the `emails` queue (API.md section 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -103,7 +103,7 @@ fn delivery_latency(out: &mut Outcome, accepted: &[(u64, std::time::SystemTime)]
 /// (seconds since start, accepted − delivered), once a second.
 async fn sample_backlog(
     progress: Arc<AtomicU64>,
-    sink: email2fa_workers::sink::SmtpSink,
+    sink: email2fa_testkit::sink::SmtpSink,
     stop: Arc<AtomicBool>,
 ) -> Vec<(f64, f64)> {
     let start = Instant::now();

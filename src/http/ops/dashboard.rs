@@ -388,7 +388,7 @@ fn bars(minutes: &[MinuteCounts]) -> Vec<Bar> {
 }
 
 async fn provider_row(
-    db: &email2fa_workers::db::Db,
+    db: &email2fa_db::Db,
     a: ProviderActivity,
     smtp: Option<String>,
     since: Timestamp,

@@ -20,8 +20,8 @@ pub use read::SendWindows;
 pub use tenants::TenantCache;
 pub use write::WriteCounts;
 
-use email2fa_workers::db::LaneConn;
-use email2fa_workers::with_tx;
+use email2fa_db::LaneConn;
+use email2fa_db::with_tx;
 
 use super::{StoreResult, Tx};
 use rows::Dialect;
@@ -49,7 +49,7 @@ impl super::Store {
     }
 
     /// Starts a batch's transaction on the lane's connection
-    /// ([`email2fa_workers::db::Db::begin_lane`]); the read takes the
+    /// ([`email2fa_db::Db::begin_lane`]); the read takes the
     /// users' locks ([`Store::read_batch`]).
     pub async fn begin_batch(&self, lane: &mut Option<LaneConn>) -> StoreResult<Tx> {
         Ok(self.db.begin_lane(lane).await?)

@@ -9,7 +9,7 @@
 
 use std::sync::{LazyLock, OnceLock};
 
-use email2fa_workers::with_tx;
+use email2fa_db::with_tx;
 use serde::Serialize;
 
 use super::dialect;

@@ -112,7 +112,7 @@ use sqlx::{PgPool, SqlitePool};
 use tokio::sync::{mpsc, watch};
 use ulid::Ulid;
 
-use crate::db::{self, Db, Tx};
+use email2fa_db::{self as db, Db, Tx};
 
 pub use runner::{WorkerConfig, run_workers};
 use wakeups::Wakeups;

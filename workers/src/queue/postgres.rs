@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnection, PgListener};
 use tokio::sync::mpsc;
 
 use super::{HEARTBEAT_INTERVAL, MISSED_HEARTBEATS, QueueError, Wakeups};
-use crate::db::{self, PG_SCHEMA};
+use email2fa_db::{self as db, PG_SCHEMA};
 
 /// What a worker polls: the storage, woken by [`Wakeups`].
 pub(super) type WorkerBackend = PollWith<PostgresStorage<Value>, StreamStrategy<Wakeups>>;

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::*;
-use crate::db::PoolConfig;
+use email2fa_db::PoolConfig;
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -75,7 +75,7 @@ impl Harness {
                     .execute(&mut admin)
                     .await
                     .expect("create the test database");
-                let url = crate::db::with_database_name(&admin_url, &database);
+                let url = email2fa_db::with_database_name(&admin_url, &database);
                 Place::Postgres {
                     admin_url,
                     url,
@@ -931,15 +931,15 @@ fn a_run_at_is_rounded_up_to_the_next_second() {
 #[test]
 fn a_database_url_points_at_another_database() {
     assert_eq!(
-        crate::db::with_database_name("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+        email2fa_db::with_database_name("postgres://postgres@127.0.0.1:5432/postgres", "x"),
         "postgres://postgres@127.0.0.1:5432/x"
     );
     assert_eq!(
-        crate::db::with_database_name("postgres://u:p@h/db?sslmode=disable", "x"),
+        email2fa_db::with_database_name("postgres://u:p@h/db?sslmode=disable", "x"),
         "postgres://u:p@h/x?sslmode=disable"
     );
     assert_eq!(
-        crate::db::with_database_name("postgres://h", "x"),
+        email2fa_db::with_database_name("postgres://h", "x"),
         "postgres://h/x"
     );
 }

@@ -70,8 +70,8 @@ impl WriteLock {
 macro_rules! with_db {
     ($db:expr, $pool:ident => $body:expr) => {
         match $db {
-            $crate::db::Db::Sqlite($pool, _) => $body,
-            $crate::db::Db::Postgres($pool) => $body,
+            $crate::Db::Sqlite($pool, _) => $body,
+            $crate::Db::Postgres($pool) => $body,
         }
     };
 }
@@ -202,11 +202,11 @@ impl LaneConn {
 macro_rules! with_tx {
     ($tx:expr, $conn:ident => $body:expr) => {
         match $tx {
-            $crate::db::Tx::Sqlite(tx, _) => {
+            $crate::Tx::Sqlite(tx, _) => {
                 let $conn = &mut **tx;
                 $body
             }
-            $crate::db::Tx::Postgres(tx) => {
+            $crate::Tx::Postgres(tx) => {
                 let $conn: &mut ::sqlx::PgConnection = &mut *tx;
                 $body
             }
