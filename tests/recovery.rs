@@ -61,7 +61,7 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
 /// they fell due (the last of them 46 s after Redis was back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_lost_with_a_redis_server_are_pushed_again_as_soon_as_it_is_back() {
-    let Some(mut redis) = RedisServer::start() else {
+    let Some(mut redis) = RedisServer::start().await else {
         return;
     };
     let app = ingress_only(TestApp::redis_at(redis.url(), |_| {})).await;
@@ -86,7 +86,7 @@ async fn jobs_lost_with_a_redis_server_are_pushed_again_as_soon_as_it_is_back() 
     let url = redis.url();
     assert_eq!(jobs_in_redis(&app, &url), emails, "every job waits");
 
-    redis.restart();
+    redis.restart().await;
     let back = Instant::now();
     wait_until("the jobs pushed again", Duration::from_secs(5), || {
         jobs_in_redis(&app, &url) >= emails
@@ -106,7 +106,7 @@ async fn jobs_lost_with_a_redis_server_are_pushed_again_as_soon_as_it_is_back() 
 /// worker that had failed waited out its restart delay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_emails_go_out_within_a_second_of_redis_coming_back() {
-    let Some(mut redis) = RedisServer::start() else {
+    let Some(mut redis) = RedisServer::start().await else {
         return;
     };
     let app = TestApp::redis_at(redis.url(), |_| {}).await;
@@ -118,7 +118,7 @@ async fn new_emails_go_out_within_a_second_of_redis_coming_back() {
     redis.kill();
     // Long enough for the worker's restart delay to grow to its longest.
     tokio::time::sleep(Duration::from_secs(9)).await;
-    redis.restart();
+    redis.restart().await;
     let back = Instant::now();
     let accepted = enrollment(&app, "after").await;
     app.mail_for("after@shop.example", 1).await;

@@ -3,6 +3,9 @@
 //! the benchmark.
 //!
 //! [`sink`] is a real SMTP server that keeps what it receives in memory: the
-//! peer of the end-to-end tests and the sink of the benchmark.
+//! peer of the end-to-end tests and the sink of the benchmark. [`servers`]
+//! starts private PostgreSQL and Redis servers that a test or the fault
+//! suite may kill and restart.
 
+pub mod servers;
 pub mod sink;

@@ -10,7 +10,6 @@ mod hosts;
 mod reconcile;
 mod report;
 mod scenario;
-mod servers;
 mod soak;
 
 use std::path::PathBuf;
@@ -20,6 +19,7 @@ use anyhow::{Context, bail};
 
 use crate::cleanup::Cleanup;
 use crate::deployment::Env;
+use email2fa_testkit::servers::{PrivatePostgres, PrivateRedis};
 use report::Row;
 use scenario::Servers;
 
@@ -186,10 +186,10 @@ pub async fn run(options: Options) -> anyhow::Result<bool> {
     let mut machine = crate::machine::info();
     println!("email2fa-bench faults: {}", bin.display());
     let mut servers = Servers {
-        postgres: servers::PrivatePostgres::start()
+        postgres: PrivatePostgres::start()
             .await
             .context("failed to start a private PostgreSQL")?,
-        redis: servers::PrivateRedis::start()
+        redis: PrivateRedis::start()
             .await
             .context("failed to start a private Redis")?,
     };

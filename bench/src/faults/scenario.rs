@@ -15,12 +15,12 @@ use tokio::task::JoinHandle;
 
 use super::reconcile;
 use super::report::Row;
-use super::servers::{PrivatePostgres, PrivateRedis};
 use super::{Fault, Options};
 use crate::deployment::{Deployment, Env, Kind};
 use crate::faults::hosts::{self, Tally};
 use crate::process::Service;
 use crate::webhooks::user_of;
+use email2fa_testkit::servers::{PrivatePostgres, PrivateRedis};
 
 /// The settings every process of the suite runs with (README,
 /// Configuration), chosen so that each recovery path finishes within

@@ -1,8 +1,8 @@
-//! Private PostgreSQL and Redis servers for the fault suite, on free ports
-//! of 127.0.0.1, in temp dirs: the suite kills and restarts them, so it
-//! never touches the shared servers other tests and benchmarks use. Each
-//! is stopped (and its files removed) when dropped, so every exit path of
-//! the suite, a failure or Ctrl-C included, cleans up.
+//! Private PostgreSQL and Redis servers on free ports of 127.0.0.1, in temp
+//! dirs, for whatever takes a server away: the benchmark's fault suite and
+//! the tests that kill Redis. They never touch the shared servers other
+//! tests and benchmarks use. Each is stopped (and its files removed) when
+//! dropped, so every exit path, a failure or Ctrl-C included, cleans up.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
