@@ -204,12 +204,13 @@ impl Shutdown {
 /// leaves `sending` until their lease runs out.
 pub const JOBS_PER_SEND: usize = 4;
 
-/// Runs the workers and the outbox sweep until `shutdown`.
+/// Runs the workers until `shutdown`, and the outbox sweep in `background`.
 pub fn start_workers(
     settings: &Settings,
     engine: Engine<ServiceSource>,
     queue: Queue,
     shutdown: Shutdown,
+    background: &Background,
 ) -> JoinHandle<anyhow::Result<()>> {
     let config = WorkerConfig {
         // More jobs than sends at once: while some send, others wait in the
@@ -223,7 +224,7 @@ pub fn start_workers(
     };
     let sweeper = engine.clone();
     let sweep_stop = shutdown.clone();
-    Background::process().spawn("outbox sweep", async move {
+    background.spawn("outbox sweep", async move {
         sweeper
             .run_sweeper(Duration::from_secs(10), sweep_stop.wait())
             .await;
@@ -239,25 +240,10 @@ pub fn start_workers(
     })
 }
 
-/// A running server (used by `serve` and by the tests).
-pub struct RunningServer {
-    /// The bound address (port 0 resolves here).
-    pub addr: SocketAddr,
-    /// The store it serves from.
-    pub store: Store,
-    /// The server task; it ends after the shutdown future resolves.
-    pub task: JoinHandle<std::io::Result<()>>,
-}
-
-/// Binds the listener and serves until `shutdown` resolves (without
-/// provider health on the dashboard: see [`start_with_engine`]).
-pub async fn start(
-    settings: Arc<Settings>,
-    store: Store,
-    queue: Queue,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<RunningServer> {
-    start_with_engine(settings, store, queue, None, shutdown).await
+/// A running HTTP server.
+struct RunningServer {
+    addr: SocketAddr,
+    task: JoinHandle<std::io::Result<()>>,
 }
 
 /// What the dashboard asks this process's engine: the providers that
@@ -268,25 +254,27 @@ pub fn provider_health(engine: &Engine<ServiceSource>) -> UnhealthyProviders {
 }
 
 /// Binds the listener and serves until `shutdown` resolves; `/ops` shows the
-/// provider health of `engine` when this process runs workers.
-pub async fn start_with_engine(
-    settings: Arc<Settings>,
-    store: Store,
+/// provider health of `engine` when this process runs workers. Its loops
+/// (tenant changes, receipt pruning) run in `background`.
+async fn start_server(
+    settings: &Settings,
+    store: &Store,
     queue: Queue,
     engine: Option<UnhealthyProviders>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    background: &Background,
 ) -> anyhow::Result<RunningServer> {
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("failed to listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let domain = Arc::new(crate::domain::DomainConfig::from_settings(&settings));
-    store.watch_tenant_changes();
+    let domain = Arc::new(crate::domain::DomainConfig::from_settings(settings));
+    store.watch_tenant_changes(background);
     let ingest = crate::ingest::Ingest::start(
         store.clone(),
         queue.clone(),
         Arc::clone(&domain),
-        ingest_config(&settings),
+        ingest_config(settings),
     );
     let state = AppState {
         store: store.clone(),
@@ -299,8 +287,11 @@ pub async fn start_with_engine(
             unhealthy_providers: engine,
         }),
     };
-    spawn_receipt_pruning(store.clone(), settings.webhook.idempotency_hours);
-    crate::metrics::spawn_refresh(store.db().clone());
+    spawn_receipt_pruning(
+        store.clone(),
+        settings.webhook.idempotency_hours,
+        background,
+    );
     let app = http::router(state);
     let limits = http::server::ServeLimits {
         header_read_timeout: Duration::from_millis(settings.http.header_read_timeout_ms),
@@ -319,7 +310,7 @@ pub async fn start_with_engine(
     } else {
         tracing::info!("the operations API (/ops) is off: set EMAIL2FA_OPS_TOKEN to turn it on");
     }
-    Ok(RunningServer { addr, store, task })
+    Ok(RunningServer { addr, task })
 }
 
 /// The batcher's settings: one lane unless configured. On PostgreSQL one
@@ -336,29 +327,31 @@ fn ingest_config(settings: &Settings) -> crate::ingest::IngestConfig {
     }
 }
 
-/// Serves `/metrics` alone on `EMAIL2FA_METRICS_LISTEN`, when set, and keeps
-/// the queue gauges fresh (a `worker` process has no other listener).
-pub async fn start_metrics_listener(settings: &Settings, store: &Store) -> anyhow::Result<()> {
+/// Serves `/metrics` alone on `EMAIL2FA_METRICS_LISTEN`, when set (a
+/// `worker` process has no other listener); whether it does.
+async fn start_metrics_listener(
+    settings: &Settings,
+    background: &Background,
+) -> anyhow::Result<bool> {
     let Some(addr) = settings.metrics_listen else {
-        return Ok(());
+        return Ok(false);
     };
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("failed to listen on {addr} (EMAIL2FA_METRICS_LISTEN)"))?;
     let addr = listener.local_addr()?;
-    crate::metrics::spawn_refresh(store.db().clone());
-    Background::process().spawn("metrics listener", async move {
+    background.spawn("metrics listener", async move {
         if let Err(error) = axum::serve(listener, http::metrics_router()).await {
             tracing::error!(%error, "the metrics listener failed");
         }
     });
     tracing::info!("Prometheus metrics on http://{addr}/metrics");
-    Ok(())
+    Ok(true)
 }
 
 /// Forgets idempotency receipts older than the retention, every 10 minutes.
-fn spawn_receipt_pruning(store: Store, hours: i64) {
-    Background::process().spawn("receipt pruning", async move {
+fn spawn_receipt_pruning(store: Store, hours: i64, background: &Background) {
+    background.spawn("receipt pruning", async move {
         let mut interval = tokio::time::interval(Duration::from_secs(600));
         loop {
             interval.tick().await;
@@ -375,13 +368,13 @@ fn spawn_receipt_pruning(store: Store, hours: i64) {
 /// Keeps the planner statistics of the tables fresh on PostgreSQL
 /// ([`Store::analyze_grown_tables`]): every 2 s, the tables that changed
 /// noticeably since their last analysis, in every long-running process.
-/// Stops with the process's other [`Background`] loops.
-pub fn keep_statistics_fresh(store: &Store) {
+/// Stops with the application's other [`Background`] loops.
+fn keep_statistics_fresh(store: &Store, background: &Background) {
     if !store.batches_lock() {
         return; // SQLite: see `SQLite housekeeping` in the README
     }
     let store = store.clone();
-    Background::process().spawn("planner statistics", async move {
+    background.spawn("planner statistics", async move {
         let mut ticker = tokio::time::interval(crate::store::STATISTICS_CHECK);
         loop {
             ticker.tick().await;
@@ -396,39 +389,185 @@ pub fn keep_statistics_fresh(store: &Store) {
     });
 }
 
+/// What one process runs: the webhook ingress (HTTP), the delivery
+/// workers, or both (`serve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// The HTTP server: webhooks, `/ops`, `/metrics`, health.
+    pub ingress: bool,
+    /// The delivery workers and the outbox sweep.
+    pub workers: bool,
+}
+
+impl Roles {
+    /// `email2fa serve`: both in one process.
+    pub const SERVE: Self = Self {
+        ingress: true,
+        workers: true,
+    };
+    /// `email2fa ingress`: only the webhook ingress.
+    pub const INGRESS: Self = Self {
+        ingress: true,
+        workers: false,
+    };
+    /// `email2fa worker`: only the workers.
+    pub const WORKER: Self = Self {
+        ingress: false,
+        workers: true,
+    };
+}
+
+/// The running application: what `serve`, `ingress`, `worker` and the
+/// integration tests run, built one way ([`Application::build`]) and
+/// stopped one way ([`Application::stop`]), which ends every task it
+/// started before it closes the pool.
+pub struct Application {
+    store: Store,
+    queue: Queue,
+    addr: Option<SocketAddr>,
+    background: Background,
+    stop: watch::Sender<bool>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    workers: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("addr", &self.addr)
+            .field("workers", &self.workers.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Opens the store (migrations applied) and starts `roles` on it.
+    pub async fn build(settings: &Settings, roles: Roles) -> anyhow::Result<Self> {
+        let store = open_store(settings).await?;
+        Self::build_on(settings, store, roles).await
+    }
+
+    /// Starts `roles` on an opened store: the queue, the planner
+    /// statistics, the metrics listener and the queue gauges (once per
+    /// process, whichever listener serves `/metrics`), the workers and the
+    /// outbox sweep, the HTTP server.
+    pub async fn build_on(settings: &Settings, store: Store, roles: Roles) -> anyhow::Result<Self> {
+        let background = Background::default();
+        keep_statistics_fresh(&store, &background);
+        let queue = open_queue(settings, &store).await?;
+        let metrics_listener = start_metrics_listener(settings, &background).await?;
+        if roles.ingress || metrics_listener {
+            crate::metrics::spawn_refresh(store.db().clone(), &background);
+        }
+        let (stop, shutdown) = Shutdown::new();
+        let (workers, health) = if roles.workers {
+            let engine = engine(settings, &store, &queue)?;
+            let health = provider_health(&engine);
+            let workers = start_workers(
+                settings,
+                engine,
+                queue.clone(),
+                shutdown.clone(),
+                &background,
+            );
+            (Some(workers), Some(health))
+        } else {
+            (None, None)
+        };
+        let server = if roles.ingress {
+            let server = start_server(
+                settings,
+                &store,
+                queue.clone(),
+                health,
+                shutdown.wait(),
+                &background,
+            );
+            Some(server.await?)
+        } else {
+            tracing::info!(
+                backend = store.db().backend_name(),
+                "email2fa workers running"
+            );
+            None
+        };
+        Ok(Self {
+            store,
+            queue,
+            addr: server.as_ref().map(|s| s.addr),
+            background,
+            stop,
+            server: server.map(|s| s.task),
+            workers,
+        })
+    }
+
+    /// The HTTP server's address (port 0 resolved), when it runs one.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// Its store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Its queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Its background loops (for a test that starts more of them).
+    pub fn background(&self) -> &Background {
+        &self.background
+    }
+
+    /// A shutdown signal that fires when [`Self::stop`] begins.
+    pub fn shutdown(&self) -> Shutdown {
+        Shutdown(self.stop.subscribe())
+    }
+
+    /// Stops everything it started: the server finishes its in-flight
+    /// requests, the workers their in-flight sends, every background loop
+    /// ends; then the pool closes.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        if let Some(server) = self.server.take() {
+            server.await.context("the server task failed")??;
+        }
+        if let Some(workers) = self.workers.take() {
+            workers.await.context("the worker task failed")??;
+        }
+        self.background.stop().await;
+        self.store.db().close().await;
+        Ok(())
+    }
+}
+
+impl Drop for Application {
+    /// An application dropped without [`Application::stop`] (a test that
+    /// ends early) still stops its server, workers and loops, without
+    /// waiting for them.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.background.cancel();
+    }
+}
+
 /// `email2fa serve`: the ingress and the workers in one process, until
 /// SIGINT or SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let signal = shutdown_signal();
     let store = open_store(&settings).await?;
-    keep_statistics_fresh(&store);
     if let Some(secret) = ensure_default_tenant(&settings, &store).await? {
         println!(
             "Created tenant \"{DEFAULT_TENANT}\" on this new database. Its webhook signing secret is shown once; keep it:"
         );
         println!("{secret}");
     }
-    let queue = open_queue(&settings, &store).await?;
-    start_metrics_listener(&settings, &store).await?;
-    let engine = engine(&settings, &store, &queue)?;
-    let health = provider_health(&engine);
-    let (stop, shutdown) = Shutdown::new();
-    let workers = start_workers(&settings, engine, queue.clone(), shutdown.clone());
-    let settings = Arc::new(settings);
-    let server = start_with_engine(
-        settings,
-        store.clone(),
-        queue,
-        Some(health),
-        shutdown.wait(),
-    )
-    .await?;
+    let app = Application::build_on(&settings, store, Roles::SERVE).await?;
     signal.await;
-    let _ = stop.send(true);
-    server.task.await.context("the server task failed")??;
-    workers.await.context("the worker task failed")??;
-    Background::process().stop().await;
-    store.db().close().await;
+    app.stop().await?;
     tracing::info!("email2fa stopped");
     Ok(())
 }
@@ -437,14 +576,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 /// the ingress apart from delivery. Emails queue up until a `worker` runs.
 pub async fn ingress(settings: Settings) -> anyhow::Result<()> {
     let signal = shutdown_signal();
-    let store = open_store(&settings).await?;
-    keep_statistics_fresh(&store);
-    let queue = open_queue(&settings, &store).await?;
-    start_metrics_listener(&settings, &store).await?;
-    let server = start(Arc::new(settings), store.clone(), queue, signal).await?;
-    server.task.await.context("the server task failed")??;
-    Background::process().stop().await;
-    store.db().close().await;
+    let app = Application::build(&settings, Roles::INGRESS).await?;
+    signal.await;
+    app.stop().await?;
     tracing::info!("email2fa ingress stopped");
     Ok(())
 }
@@ -453,22 +587,9 @@ pub async fn ingress(settings: Settings) -> anyhow::Result<()> {
 /// delivery apart from the ingress.
 pub async fn work(settings: Settings) -> anyhow::Result<()> {
     let signal = shutdown_signal();
-    let store = open_store(&settings).await?;
-    keep_statistics_fresh(&store);
-    let queue = open_queue(&settings, &store).await?;
-    start_metrics_listener(&settings, &store).await?;
-    let engine = engine(&settings, &store, &queue)?;
-    let (stop, shutdown) = Shutdown::new();
-    let workers = start_workers(&settings, engine, queue, shutdown);
-    tracing::info!(
-        backend = store.db().backend_name(),
-        "email2fa workers running"
-    );
+    let app = Application::build(&settings, Roles::WORKER).await?;
     signal.await;
-    let _ = stop.send(true);
-    workers.await.context("the worker task failed")??;
-    Background::process().stop().await;
-    store.db().close().await;
+    app.stop().await?;
     tracing::info!("email2fa workers stopped");
     Ok(())
 }

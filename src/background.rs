@@ -1,7 +1,8 @@
-//! The background loops of a process (receipt pruning, planner statistics,
-//! queue gauges, the tenant-change listener, the metrics listener), tracked
-//! so that shutdown stops every one of them before the database pool is
-//! closed under them.
+//! The background loops of an application (receipt pruning, planner
+//! statistics, queue gauges, the tenant-change listener, the metrics
+//! listener, the outbox sweep), tracked so that
+//! [`crate::app::Application::stop`] stops every one of them before the
+//! database pool is closed under them.
 //!
 //! Each loop runs until it ends by itself or [`Background::stop`] is
 //! called; a stopped loop is dropped at its next `.await`, so a statement
@@ -9,7 +10,6 @@
 //! loop's writes are single statements).
 
 use std::future::Future;
-use std::sync::LazyLock;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,15 +21,7 @@ pub struct Background {
     tasks: TaskTracker,
 }
 
-static PROCESS: LazyLock<Background> = LazyLock::new(Background::default);
-
 impl Background {
-    /// The process's loops: what `serve`, `ingress` and `worker` stop
-    /// before they close the pool.
-    pub fn process() -> &'static Self {
-        &PROCESS
-    }
-
     /// Runs `task` on the current runtime until it ends or [`Self::stop`].
     pub fn spawn<F>(&self, name: &'static str, task: F)
     where
@@ -43,6 +35,13 @@ impl Background {
                 () = task => {}
             }
         });
+    }
+
+    /// Stops every loop without waiting for them (each ends at its next
+    /// `.await`).
+    pub fn cancel(&self) {
+        self.stop.cancel();
+        self.tasks.close();
     }
 
     /// Stops every loop and waits until each has ended.

@@ -171,10 +171,10 @@ pub async fn refresh(db: &Db) -> Result<(), sqlx::Error> {
 }
 
 /// Refreshes the gauges every [`REFRESH_INTERVAL`] (and drains the
-/// exporter's histogram buffers) for as long as the process runs.
-pub fn spawn_refresh(db: Db) {
+/// exporter's histogram buffers) until `background` stops.
+pub fn spawn_refresh(db: Db, background: &crate::background::Background) {
     let Some(handle) = handle() else { return };
-    crate::background::Background::process().spawn("queue gauges", async move {
+    background.spawn("queue gauges", async move {
         let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
         loop {
             ticker.tick().await;

@@ -93,7 +93,14 @@ async fn jobs_lost_with_a_redis_server_are_pushed_again_as_soon_as_it_is_back() 
     })
     .await;
     let repushed = back.elapsed();
-    let _workers = email2fa::app::start_workers(&app.settings, engine, app.queue.clone(), shutdown);
+    let background = app.application.as_ref().expect("running").background();
+    let _workers = email2fa::app::start_workers(
+        &app.settings,
+        engine,
+        app.queue.clone(),
+        shutdown,
+        background,
+    );
     let arrived = app.sink.wait_for(emails, Duration::from_secs(20)).await;
     assert_eq!(arrived.len(), emails, "every email arrived");
     eprintln!(

@@ -9,8 +9,6 @@ pub mod postfix;
 pub mod process;
 pub mod redis_server;
 
-use std::sync::Arc;
-
 use base64::Engine;
 use email2fa::app;
 use email2fa::settings::{DatabaseUrl, Settings};
@@ -107,8 +105,10 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub sink: SmtpSink,
     pub queue: Queue,
-    stop: Option<tokio::sync::watch::Sender<bool>>,
-    workers: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The service under test, as `email2fa serve` (or `ingress`) runs it.
+    pub application: Option<app::Application>,
+    /// Further ingress processes on the same database ([`Self::second_ingress`]).
+    others: std::sync::Mutex<Vec<app::Application>>,
     _guard: DbGuard,
 }
 
@@ -375,33 +375,23 @@ impl TestApp {
             .await
             .expect("tenant");
         let sink = SmtpSink::start().await.expect("smtp sink");
-        let queue = app::open_queue(&settings, &store).await.expect("queue");
-        let engine = app::engine(&settings, &store, &queue).expect("engine");
-        let health = app::provider_health(&engine);
-        let (stop, shutdown) = app::Shutdown::new();
-        let workers = WITH_WORKERS
-            .try_with(|on| *on)
-            .unwrap_or(true)
-            .then(|| app::start_workers(&settings, engine, queue.clone(), shutdown.clone()));
-        let server = app::start_with_engine(
-            Arc::new(settings.clone()),
-            store.clone(),
-            queue.clone(),
-            Some(health),
-            shutdown.wait(),
-        )
-        .await
-        .expect("start");
+        let roles = app::Roles {
+            ingress: true,
+            workers: WITH_WORKERS.try_with(|on| *on).unwrap_or(true),
+        };
+        let application = app::Application::build_on(&settings, store.clone(), roles)
+            .await
+            .expect("start");
         Self {
-            base: format!("http://{}", server.addr),
+            base: format!("http://{}", application.addr().expect("an HTTP server")),
             store,
             settings,
             secret,
             client: reqwest::Client::new(),
             sink,
-            queue,
-            stop: Some(stop),
-            workers,
+            queue: application.queue().clone(),
+            application: Some(application),
+            others: std::sync::Mutex::new(Vec::new()),
             _guard: guard,
         }
     }
@@ -575,18 +565,12 @@ impl TestApp {
     /// A second ingress on this app's database, with its own pool and
     /// caches, as another process would have; returns its base URL.
     pub async fn second_ingress(&self) -> String {
-        let store = email2fa::app::open_store(&self.settings)
+        let other = app::Application::build(&self.settings, app::Roles::INGRESS)
             .await
-            .expect("second pool");
-        let other = email2fa::app::start(
-            std::sync::Arc::new(self.settings.clone()),
-            store,
-            self.queue.clone(),
-            std::future::pending(),
-        )
-        .await
-        .expect("second ingress");
-        format!("http://{}", other.addr)
+            .expect("second ingress");
+        let base = format!("http://{}", other.addr().expect("an HTTP server"));
+        self.others.lock().expect("not poisoned").push(other);
+        base
     }
 
     /// Posts a correctly signed event with a fresh webhook id to the
@@ -619,19 +603,8 @@ impl TestApp {
 impl TestApp {
     /// Stops the workers and the server, waiting for in-flight sends.
     pub async fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
-        }
-        if let Some(workers) = self.workers.take() {
-            let _ = workers.await;
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(true);
+        if let Some(application) = self.application.take() {
+            let _ = application.stop().await;
         }
     }
 }

@@ -102,15 +102,15 @@ impl Store {
         self.tenant_cache.forget(tenant_id);
     }
 
-    /// Listens for tenant changes of other processes until the runtime
-    /// ends (PostgreSQL; a no-op on SQLite). A lost connection forgets
+    /// Listens for tenant changes of other processes until `background`
+    /// stops (PostgreSQL; a no-op on SQLite). A lost connection forgets
     /// every tenant (changes may have been missed) and listens again.
-    pub fn watch_tenant_changes(&self) {
+    pub fn watch_tenant_changes(&self, background: &crate::background::Background) {
         let Db::Postgres(pool) = &self.db else {
             return;
         };
         let (pool, cache) = (pool.clone(), self.tenant_cache.clone());
-        crate::background::Background::process().spawn("tenant change listener", async move {
+        background.spawn("tenant change listener", async move {
             loop {
                 let listening = async {
                     let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
