@@ -9,6 +9,53 @@ use super::enrollment::{no_provider, open_challenge, role_allowed};
 use crate::events::{LoginStarted, Role};
 use crate::store::TenantSettings;
 
+/// A login's decision with its reason, as the answer and the
+/// `login_decisions` row spell them (`decision`, `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginDecision {
+    /// Let the user in without a code, for this reason.
+    Allow(AllowReason),
+    /// A code was sent (`code_sent`).
+    Challenge,
+    /// An admin without a factor while 2FA is required for admins
+    /// (`enrollment_required`).
+    EnrollRequired,
+}
+
+/// Why a login is let in without a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowReason {
+    /// The role's 2FA toggle is off (`2fa_inactive`).
+    Inactive,
+    /// No factor, and none required (`not_enrolled`).
+    NotEnrolled,
+    /// A trusted device's token came with the login (`trusted_device`).
+    TrustedDevice,
+}
+
+impl LoginDecision {
+    /// `allow`, `challenge` or `enroll_required`.
+    pub fn decision(self) -> &'static str {
+        match self {
+            Self::Allow(_) => "allow",
+            Self::Challenge => "challenge",
+            Self::EnrollRequired => "enroll_required",
+        }
+    }
+
+    /// `2fa_inactive`, `not_enrolled`, `trusted_device`, `code_sent` or
+    /// `enrollment_required`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Allow(AllowReason::Inactive) => "2fa_inactive",
+            Self::Allow(AllowReason::NotEnrolled) => "not_enrolled",
+            Self::Allow(AllowReason::TrustedDevice) => "trusted_device",
+            Self::Challenge => "code_sent",
+            Self::EnrollRequired => "enrollment_required",
+        }
+    }
+}
+
 /// The answer of `login.started`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LoginAnswer {
@@ -32,10 +79,11 @@ pub struct LoginAnswer {
 }
 
 impl LoginAnswer {
-    fn plain(decision: &'static str, reason: &'static str) -> Self {
+    /// The answer of a decision that sends no code.
+    fn plain(decision: LoginDecision) -> Self {
         Self {
-            decision,
-            reason,
+            decision: decision.decision(),
+            reason: decision.reason(),
             challenge_id: None,
             delivery_id: None,
             code_ttl_seconds: None,
@@ -47,10 +95,8 @@ impl LoginAnswer {
 /// What a login needs to know about the user, before any code is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FirstStep {
-    /// Let the user in without a code, for this reason.
-    Allow(&'static str),
-    /// An admin without a factor while 2FA is required for admins.
-    EnrollRequired,
+    /// Decided already: allowed for a reason, or enrollment required.
+    Decided(LoginDecision),
     /// Check the trust cookie, else send a code.
     Challenge,
 }
@@ -60,13 +106,13 @@ pub enum FirstStep {
 /// while admin 2FA is allowed; customers are never required.
 pub fn first_step(settings: &TenantSettings, role: Role, enrolled: bool) -> FirstStep {
     if !role_allowed(settings, role) {
-        FirstStep::Allow("2fa_inactive")
+        FirstStep::Decided(LoginDecision::Allow(AllowReason::Inactive))
     } else if enrolled {
         FirstStep::Challenge
     } else if role == Role::Admin && settings.require_admin_2fa {
-        FirstStep::EnrollRequired
+        FirstStep::Decided(LoginDecision::EnrollRequired)
     } else {
-        FirstStep::Allow("not_enrolled")
+        FirstStep::Decided(LoginDecision::Allow(AllowReason::NotEnrolled))
     }
 }
 
@@ -104,15 +150,13 @@ fn decide(
     let tenant = overlay.tenant(tenant_id)?.clone();
     let settings = &tenant.settings;
     let factor = overlay.factors(tenant_id, &user.id).first().cloned();
-    match first_step(settings, user.role, factor.is_some()) {
-        FirstStep::Allow(reason) => return Ok(LoginAnswer::plain("allow", reason)),
-        FirstStep::EnrollRequired => {
-            return Ok(LoginAnswer::plain("enroll_required", "enrollment_required"));
-        }
-        FirstStep::Challenge => {}
+    if let FirstStep::Decided(decision) = first_step(settings, user.role, factor.is_some()) {
+        return Ok(LoginAnswer::plain(decision));
     }
     let Some(factor) = factor else {
-        return Ok(LoginAnswer::plain("allow", "not_enrolled"));
+        return Ok(LoginAnswer::plain(LoginDecision::Allow(
+            AllowReason::NotEnrolled,
+        )));
     };
     if let Some(hash) = token_hash
         && settings.trust_device_days > 0
@@ -129,7 +173,9 @@ fn decide(
             "trusted_login",
             serde_json::json!({"device_id": device_id}),
         );
-        return Ok(LoginAnswer::plain("allow", "trusted_device"));
+        return Ok(LoginAnswer::plain(LoginDecision::Allow(
+            AllowReason::TrustedDevice,
+        )));
     }
     // The factor's provider, or the tenant's first if it was deleted since.
     let provider = tenant
@@ -148,8 +194,8 @@ fn decide(
         settings,
     )?;
     Ok(LoginAnswer {
-        decision: "challenge",
-        reason: "code_sent",
+        decision: LoginDecision::Challenge.decision(),
+        reason: LoginDecision::Challenge.reason(),
         challenge_id: Some(opened.challenge_id),
         delivery_id: Some(opened.delivery_id),
         code_ttl_seconds: Some(opened.code_ttl_seconds),
@@ -174,30 +220,34 @@ mod tests {
 
     #[test]
     fn the_first_step_follows_the_toggles_and_enrollment() {
+        use AllowReason::*;
         use FirstStep::*;
         let cases = [
             // (admin allowed, customer allowed, require admin, role, enrolled) → step
             (
                 (false, false, false, Role::Admin, true),
-                Allow("2fa_inactive"),
+                Decided(LoginDecision::Allow(Inactive)),
             ),
             (
                 (false, false, true, Role::Admin, false),
-                Allow("2fa_inactive"),
+                Decided(LoginDecision::Allow(Inactive)),
             ),
             (
                 (true, false, false, Role::Customer, true),
-                Allow("2fa_inactive"),
+                Decided(LoginDecision::Allow(Inactive)),
             ),
             ((true, false, false, Role::Admin, true), Challenge),
             (
                 (true, false, false, Role::Admin, false),
-                Allow("not_enrolled"),
+                Decided(LoginDecision::Allow(NotEnrolled)),
             ),
-            ((true, false, true, Role::Admin, false), EnrollRequired),
+            (
+                (true, false, true, Role::Admin, false),
+                Decided(LoginDecision::EnrollRequired),
+            ),
             (
                 (false, true, true, Role::Customer, false),
-                Allow("not_enrolled"),
+                Decided(LoginDecision::Allow(NotEnrolled)),
             ),
             ((false, true, false, Role::Customer, true), Challenge),
         ];
@@ -206,6 +256,41 @@ mod tests {
             assert_eq!(
                 step, expected,
                 "{admin} {customer} {require} {role:?} {enrolled}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_decision_spells_the_contracts_decision_and_reason() {
+        let cases = [
+            (
+                LoginDecision::Allow(AllowReason::Inactive),
+                "allow",
+                "2fa_inactive",
+            ),
+            (
+                LoginDecision::Allow(AllowReason::NotEnrolled),
+                "allow",
+                "not_enrolled",
+            ),
+            (
+                LoginDecision::Allow(AllowReason::TrustedDevice),
+                "allow",
+                "trusted_device",
+            ),
+            (LoginDecision::Challenge, "challenge", "code_sent"),
+            (
+                LoginDecision::EnrollRequired,
+                "enroll_required",
+                "enrollment_required",
+            ),
+        ];
+        for (decision, spelled, reason) in cases {
+            assert_eq!((decision.decision(), decision.reason()), (spelled, reason));
+            let answer = serde_json::to_value(LoginAnswer::plain(decision)).expect("json");
+            assert_eq!(
+                answer,
+                serde_json::json!({"decision": spelled, "reason": reason})
             );
         }
     }

@@ -20,7 +20,7 @@ mod settings;
 mod verify;
 
 pub use enrollment::{ChallengeAnswer, role_allowed};
-pub use login::{FirstStep, LoginAnswer, first_step};
+pub use login::{AllowReason, FirstStep, LoginAnswer, LoginDecision, first_step};
 pub use manage::{RemovedAnswer, RevokedAnswer, StatusAnswer};
 pub use providers::{SecondaryAuthProviderAnswer, ServiceProviderAnswer, SmtpAnswer};
 pub use sending::{seconds_until, send_verdict};
