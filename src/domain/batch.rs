@@ -548,7 +548,7 @@ impl<'a> Overlay<'a> {
         &mut self,
         tenant_id: &str,
         user_id: &str,
-        event: &'static str,
+        event: crate::store::AuditEvent,
         detail: serde_json::Value,
     ) {
         let id = self.mint.id();
@@ -556,7 +556,7 @@ impl<'a> Overlay<'a> {
             tenant_id: tenant_id.to_string(),
             id,
             user_id: Some(user_id.to_string()),
-            event,
+            event: event.as_str(),
             detail: detail.to_string(),
             created_at: self.now,
         });

@@ -7,6 +7,7 @@ use super::EventError;
 use super::batch::Overlay;
 use super::sending::{check_limits, queue_code, seconds_until};
 use crate::events::{ChallengeResend, EnrollmentStarted, FieldError, Role, User};
+use crate::store::AuditEvent;
 use crate::store::{Challenge, TenantSettings};
 
 /// The answer of `enrollment.started` and `challenge.resend` (and the
@@ -90,7 +91,7 @@ pub fn open_challenge(
     };
     let detail = serde_json::json!({"challenge_id": challenge.id, "delivery_id": delivery_id, "purpose": purpose});
     overlay.insert_challenge(challenge);
-    overlay.audit(tenant_id, &user.id, "code_sent", detail);
+    overlay.audit(tenant_id, &user.id, AuditEvent::CodeSent, detail);
     Ok(answer)
 }
 
@@ -181,7 +182,7 @@ pub fn resend(
     overlay.audit(
         tenant_id,
         &challenge.user_id,
-        "code_sent",
+        AuditEvent::CodeSent,
         serde_json::json!({"challenge_id": challenge.id, "delivery_id": delivery_id, "purpose": challenge.purpose, "resend": true}),
     );
     Ok(ChallengeAnswer {

@@ -7,6 +7,7 @@ use super::EventError;
 use super::batch::{DecisionRow, Overlay};
 use super::enrollment::{no_provider, open_challenge, role_allowed};
 use crate::events::{LoginStarted, Role};
+use crate::store::AuditEvent;
 use crate::store::TenantSettings;
 
 /// A login's decision with its reason, as the answer and the
@@ -170,7 +171,7 @@ fn decide(
         overlay.audit(
             tenant_id,
             &user.id,
-            "trusted_login",
+            AuditEvent::TrustedLogin,
             serde_json::json!({"device_id": device_id}),
         );
         return Ok(LoginAnswer::plain(LoginDecision::Allow(

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::{EventContext, EventError};
 use crate::events::UserScoped;
+use crate::store::AuditEvent;
 use crate::store::{Factor, StoreError, Timestamp, TrustedDevice};
 
 /// The answer of `factor.removed`.
@@ -84,7 +85,7 @@ pub async fn factor_removed(
             .map_err(StoreError::from)?;
         ctx.deliveries.push(delivery.id.clone());
         ctx.store
-            .audit(ctx.tx, ctx.tenant_id, Some(&event.user_id), "factor_removed",
+            .audit(ctx.tx, ctx.tenant_id, Some(&event.user_id), AuditEvent::FactorRemoved,
                 serde_json::json!({"factor_id": factor.id, "notice_delivery_id": delivery.id, "revoked_devices": revoked}))
             .await?;
     }
@@ -125,7 +126,7 @@ pub async fn devices_revoked(
                 ctx.tx,
                 ctx.tenant_id,
                 Some(&event.user_id),
-                "devices_revoked",
+                AuditEvent::DevicesRevoked,
                 serde_json::json!({"device_id": event.device_id, "revoked_devices": revoked}),
             )
             .await?;

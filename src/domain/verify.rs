@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::EventError;
 use super::batch::Overlay;
 use crate::events::Verify;
+use crate::store::AuditEvent;
 use crate::store::{Challenge, Factor, Timestamp, TrustedDevice};
 
 /// The answer of the two verify events.
@@ -113,7 +114,7 @@ pub fn verify(
     overlay.audit(
         tenant_id,
         &challenge.user_id,
-        "verified",
+        AuditEvent::Verified,
         serde_json::json!({"challenge_id": challenge.id, "purpose": purpose}),
     );
     if login && event.trust_device == Some(true) {
@@ -173,7 +174,11 @@ fn wrong_try(overlay: &mut Overlay<'_>, challenge: &Challenge) -> VerifyAnswer {
     overlay.audit(
         tenant,
         &challenge.user_id,
-        if locked { "locked" } else { "failed" },
+        if locked {
+            AuditEvent::Locked
+        } else {
+            AuditEvent::Failed
+        },
         serde_json::json!({"challenge_id": challenge.id, "attempts": attempts}),
     );
     if locked {
@@ -210,7 +215,7 @@ fn enroll(overlay: &mut Overlay<'_>, challenge: &Challenge) -> Factor {
     overlay.audit(
         tenant,
         &challenge.user_id,
-        "enrolled",
+        AuditEvent::Enrolled,
         serde_json::json!({"factor_id": factor.id, "challenge_id": challenge.id}),
     );
     factor
@@ -245,7 +250,7 @@ fn trust_device(
     overlay.audit(
         tenant,
         &challenge.user_id,
-        "device_trusted",
+        AuditEvent::DeviceTrusted,
         serde_json::json!({"device_id": device.id}),
     );
     overlay.writes().devices.push(device);

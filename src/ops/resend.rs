@@ -19,6 +19,7 @@ use email2fa_workers::deliveries::{Delivery, NewDelivery, insert_delivery, new_d
 use email2fa_workers::queue::{EmailJob, Queue};
 
 use super::OpsError;
+use crate::store::AuditEvent;
 use crate::store::{Store, Timestamp, Tx};
 
 /// Queues dead letter `id` again; returns the new delivery's id.
@@ -86,7 +87,7 @@ async fn resend_in(
             tx,
             &old.tenant_id,
             Some(&old.user_id),
-            "dead_letter_resent",
+            AuditEvent::DeadLetterResent,
             detail,
         )
         .await?;
@@ -158,7 +159,7 @@ pub async fn discard(store: &Store, id: &str) -> Result<(), OpsError> {
             &mut tx,
             &letter.tenant_id,
             None,
-            "dead_letter_discarded",
+            AuditEvent::DeadLetterDiscarded,
             detail,
         )
         .await?;

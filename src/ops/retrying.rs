@@ -17,6 +17,7 @@ use email2fa_workers::retrying::{self, RetryingDelivery, RetryingFilter};
 
 use super::{OpsError, decode_cursor, encode_cursor, mask_recipient};
 use crate::events::FieldError;
+use crate::store::AuditEvent;
 use crate::store::{Store, Timestamp};
 
 /// A retrying email as operators see it.
@@ -172,7 +173,13 @@ pub async fn retry_now(store: &Store, queue: &Queue, id: &str) -> Result<(), Ops
     };
     let detail = serde_json::json!({"delivery_id": id});
     store
-        .audit(&mut tx, &tenant, None, "delivery_retried_now", detail)
+        .audit(
+            &mut tx,
+            &tenant,
+            None,
+            AuditEvent::DeliveryRetriedNow,
+            detail,
+        )
         .await?;
     crate::store::commit(tx).await?;
     let job = EmailJob {

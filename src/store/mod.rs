@@ -22,6 +22,7 @@ pub use factors::{Factor, TrustedDevice};
 pub use minted_codes::MintedCode;
 pub use providers::{SecondaryAuthProviderRow, ServiceProviderRow};
 pub use receipts::{Receipt, ReceiptClaim};
+pub use records::AuditEvent;
 pub use send_context::{ChallengeState, SEND_CONTEXT, SendContext, SendContextRow};
 pub use tenant_settings::TenantSettings;
 pub use tenants::{KEY_CACHE_TTL, KeyCache, TenantSecretInfo, TenantSummary, TenantWithKeys};
