@@ -24,7 +24,7 @@ pub use login::{AllowReason, FirstStep, LoginAnswer, LoginDecision, first_step};
 pub use manage::{RemovedAnswer, RevokedAnswer, StatusAnswer};
 pub use providers::{SecondaryAuthProviderAnswer, ServiceProviderAnswer, SmtpAnswer};
 pub use sending::{seconds_until, send_verdict};
-pub use verify::{VerifyAnswer, closed_outcome, normalize_code};
+pub use verify::{VerifyAnswer, VerifyOutcome, closed_outcome, normalize_code, wrong_code_outcome};
 
 use serde::Serialize;
 use serde_json::value::RawValue;

@@ -35,11 +35,53 @@ pub struct VerifyAnswer {
     pub trust_expires_at: Option<String>,
 }
 
+/// What a typed code came to: the answer's `outcome`, and with it
+/// `attempts_remaining` where the contract gives one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    /// The code was right (`verified`).
+    Verified,
+    /// The code was wrong and tries are left (`invalid_code`).
+    InvalidCode {
+        /// Wrong tries left.
+        attempts_remaining: i32,
+    },
+    /// The code or the challenge ran out (`expired`).
+    Expired,
+    /// No tries left (`locked`).
+    Locked,
+    /// The challenge was verified before (`already_used`).
+    AlreadyUsed,
+}
+
+impl VerifyOutcome {
+    /// The answer's `outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Verified => "verified",
+            Self::InvalidCode { .. } => "invalid_code",
+            Self::Expired => "expired",
+            Self::Locked => "locked",
+            Self::AlreadyUsed => "already_used",
+        }
+    }
+
+    /// The answer's `attempts_remaining`: with `invalid_code`, and 0 with
+    /// `locked`.
+    pub fn attempts_remaining(self) -> Option<i32> {
+        match self {
+            Self::InvalidCode { attempts_remaining } => Some(attempts_remaining),
+            Self::Locked => Some(0),
+            Self::Verified | Self::Expired | Self::AlreadyUsed => None,
+        }
+    }
+}
+
 impl VerifyAnswer {
-    fn outcome(outcome: &'static str, attempts_remaining: Option<i32>) -> Self {
+    fn of(outcome: VerifyOutcome) -> Self {
         Self {
-            outcome,
-            attempts_remaining,
+            outcome: outcome.as_str(),
+            attempts_remaining: outcome.attempts_remaining(),
             factor: None,
             trust_token: None,
             trust_expires_at: None,
@@ -47,13 +89,28 @@ impl VerifyAnswer {
     }
 }
 
-/// What a closed challenge answers, by its status.
-pub fn closed_outcome(status: &str) -> Option<VerifyAnswer> {
+/// What a verify of a challenge that is no longer pending answers, by its
+/// stored status (`None` while it is pending): a verified one was used, a
+/// locked one stays locked, any other closed one (expired, superseded) is
+/// expired.
+pub fn closed_outcome(status: &str) -> Option<VerifyOutcome> {
     match status {
         "pending" => None,
-        "verified" => Some(VerifyAnswer::outcome("already_used", None)),
-        "locked" => Some(VerifyAnswer::outcome("locked", Some(0))),
-        _ => Some(VerifyAnswer::outcome("expired", None)),
+        "verified" => Some(VerifyOutcome::AlreadyUsed),
+        "locked" => Some(VerifyOutcome::Locked),
+        _ => Some(VerifyOutcome::Expired),
+    }
+}
+
+/// What the `attempts`-th wrong code of a challenge allowing
+/// `max_attempts` answers: the try that uses the last attempt locks it.
+pub fn wrong_code_outcome(attempts: i32, max_attempts: i32) -> VerifyOutcome {
+    if attempts >= max_attempts {
+        VerifyOutcome::Locked
+    } else {
+        VerifyOutcome::InvalidCode {
+            attempts_remaining: max_attempts - attempts,
+        }
     }
 }
 
@@ -80,12 +137,12 @@ pub fn verify(
         .filter(|c| c.purpose == purpose)
         .cloned()
         .ok_or(EventError::ChallengeNotFound)?;
-    if let Some(answer) = closed_outcome(&challenge.status) {
-        return Ok(answer);
+    if let Some(outcome) = closed_outcome(&challenge.status) {
+        return Ok(VerifyAnswer::of(outcome));
     }
     if challenge.code_expires_at.is_some_and(|at| at <= now) {
         close(overlay, &challenge, "expired");
-        return Ok(VerifyAnswer::outcome("expired", None));
+        return Ok(VerifyAnswer::of(VerifyOutcome::Expired));
     }
     let typed = normalize_code(&event.code);
     let matches = live_code_hashes(&challenge, now)
@@ -100,7 +157,7 @@ pub fn verify(
         return Ok(wrong_try(overlay, &challenge));
     }
     close(overlay, &challenge, "verified");
-    let mut answer = VerifyAnswer::outcome("verified", None);
+    let mut answer = VerifyAnswer::of(VerifyOutcome::Verified);
     if !login {
         let factor = enroll(overlay, &challenge);
         let factor_id = factor.id.clone();
@@ -158,7 +215,8 @@ fn wrong_try(overlay: &mut Overlay<'_>, challenge: &Challenge) -> VerifyAnswer {
     let now = overlay.now;
     let tenant = challenge.tenant_id.as_str();
     let attempts = challenge.attempts + 1;
-    let locked = attempts >= challenge.max_attempts;
+    let outcome = wrong_code_outcome(attempts, challenge.max_attempts);
+    let locked = outcome == VerifyOutcome::Locked;
     overlay.update_challenge(tenant, &challenge.id, |c| {
         c.attempts = attempts;
         if locked {
@@ -181,14 +239,7 @@ fn wrong_try(overlay: &mut Overlay<'_>, challenge: &Challenge) -> VerifyAnswer {
         },
         serde_json::json!({"challenge_id": challenge.id, "attempts": attempts}),
     );
-    if locked {
-        VerifyAnswer::outcome("locked", Some(0))
-    } else {
-        VerifyAnswer::outcome(
-            "invalid_code",
-            Some((challenge.max_attempts - attempts).max(0)),
-        )
-    }
+    VerifyAnswer::of(outcome)
 }
 
 /// The user's factor for the challenge's address: the existing one, or a
@@ -254,4 +305,85 @@ fn trust_device(
         serde_json::json!({"device_id": device.id}),
     );
     overlay.writes().devices.push(device);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_challenge_answers_by_its_status() {
+        let cases = [
+            ("pending", None),
+            ("verified", Some(VerifyOutcome::AlreadyUsed)),
+            ("locked", Some(VerifyOutcome::Locked)),
+            ("expired", Some(VerifyOutcome::Expired)),
+            ("superseded", Some(VerifyOutcome::Expired)),
+        ];
+        for (status, expected) in cases {
+            assert_eq!(closed_outcome(status), expected, "{status}");
+        }
+    }
+
+    #[test]
+    fn the_wrong_code_that_uses_the_last_try_locks() {
+        let cases = [
+            (
+                1,
+                5,
+                VerifyOutcome::InvalidCode {
+                    attempts_remaining: 4,
+                },
+            ),
+            (
+                4,
+                5,
+                VerifyOutcome::InvalidCode {
+                    attempts_remaining: 1,
+                },
+            ),
+            (5, 5, VerifyOutcome::Locked),
+            (6, 5, VerifyOutcome::Locked),
+            (1, 1, VerifyOutcome::Locked),
+        ];
+        for (attempts, max, expected) in cases {
+            assert_eq!(
+                wrong_code_outcome(attempts, max),
+                expected,
+                "{attempts} of {max}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_outcome_spells_the_contracts_answer() {
+        let cases = [
+            (
+                VerifyOutcome::Verified,
+                serde_json::json!({"outcome": "verified"}),
+            ),
+            (
+                VerifyOutcome::InvalidCode {
+                    attempts_remaining: 3,
+                },
+                serde_json::json!({"outcome": "invalid_code", "attempts_remaining": 3}),
+            ),
+            (
+                VerifyOutcome::Expired,
+                serde_json::json!({"outcome": "expired"}),
+            ),
+            (
+                VerifyOutcome::Locked,
+                serde_json::json!({"outcome": "locked", "attempts_remaining": 0}),
+            ),
+            (
+                VerifyOutcome::AlreadyUsed,
+                serde_json::json!({"outcome": "already_used"}),
+            ),
+        ];
+        for (outcome, expected) in cases {
+            let answer = serde_json::to_value(VerifyAnswer::of(outcome)).expect("json");
+            assert_eq!(answer, expected, "{outcome:?}");
+        }
+    }
 }
