@@ -507,11 +507,6 @@ impl Application {
         self.addr
     }
 
-    /// Its store.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Its queue.
     pub fn queue(&self) -> &Queue {
         &self.queue
@@ -520,11 +515,6 @@ impl Application {
     /// Its background loops (for a test that starts more of them).
     pub fn background(&self) -> &Background {
         &self.background
-    }
-
-    /// A shutdown signal that fires when [`Self::stop`] begins.
-    pub fn shutdown(&self) -> Shutdown {
-        Shutdown(self.stop.subscribe())
     }
 
     /// Stops everything it started: the server finishes its in-flight
